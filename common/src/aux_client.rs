@@ -1,0 +1,160 @@
+//! The master's typed client for the aux node API ([`crate::wire`]).
+//!
+//! Built on hyper-util's pooled HTTP/1 client: connections to each aux node are kept
+//! alive and reused. Every call is bounded by the client's timeout, covering connect,
+//! request and the whole response body (invariant 6): a hung aux node costs one
+//! timeout, never a stuck task. The client is generic over its connector so that a
+//! simulated network can be plugged in later without touching callers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::frame::{FrameError, ShardFrame};
+use crate::version::Version;
+use crate::wire;
+
+/// What an aux node did with a shard it was asked to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The shard is stored (or was already held at exactly this version).
+    Stored,
+    /// The node holds a newer version of the key and kept it (conditional put).
+    Superseded(Version),
+}
+
+/// Why a call to an aux node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuxError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("transport error: {0}")]
+    Transport(String),
+    #[error("unexpected status {0}")]
+    Status(StatusCode),
+    #[error("malformed shard frame: {0}")]
+    BadFrame(#[from] FrameError),
+}
+
+/// A pooled, timeout-bounded client for aux nodes addressed as `host:port`.
+#[derive(Clone, Debug)]
+pub struct AuxClient<C = HttpConnector> {
+    http: Client<C, Full<Bytes>>,
+    timeout: Duration,
+    max_response_bytes: usize,
+}
+
+impl AuxClient<HttpConnector> {
+    /// A client over plain TCP whose every call gives up after `timeout`, reading
+    /// response bodies of at most `max_response_bytes`.
+    pub fn new(timeout: Duration, max_response_bytes: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        Self::with_connector(connector, timeout, max_response_bytes)
+    }
+}
+
+impl<C> AuxClient<C>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    /// A client over any hyper connector (a simulated network in tests, say).
+    pub fn with_connector(connector: C, timeout: Duration, max_response_bytes: usize) -> Self {
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        AuxClient {
+            http,
+            timeout,
+            max_response_bytes,
+        }
+    }
+
+    /// Stores an encoded frame on `node`, unless it holds a newer version of the key.
+    pub async fn put_shard(&self, node: &str, frame: Bytes) -> Result<PutOutcome, AuxError> {
+        let (status, headers, _) = self.call(Method::PUT, node, wire::SHARDS_PATH, frame).await?;
+        match status {
+            StatusCode::NO_CONTENT | StatusCode::OK => Ok(PutOutcome::Stored),
+            StatusCode::CONFLICT => {
+                let current = headers
+                    .get(wire::CURRENT_VERSION_HEADER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|text| text.parse().ok())
+                    .unwrap_or_default();
+                Ok(PutOutcome::Superseded(current))
+            }
+            other => Err(AuxError::Status(other)),
+        }
+    }
+
+    /// Reads the shard (or tombstone) `node` holds for `key`; `None` if it has none.
+    pub async fn get_shard(&self, node: &str, key: &str) -> Result<Option<ShardFrame>, AuxError> {
+        let path = wire::shard_path(key);
+        let (status, _, body) = self.call(Method::GET, node, &path, Bytes::new()).await?;
+        match status {
+            StatusCode::OK => Ok(Some(ShardFrame::decode(body)?)),
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(AuxError::Status(other)),
+        }
+    }
+
+    /// Whether `node` answers its health endpoint.
+    pub async fn health(&self, node: &str) -> Result<(), AuxError> {
+        let (status, _, _) = self.call(Method::GET, node, "/health", Bytes::new()).await?;
+        match status {
+            StatusCode::OK => Ok(()),
+            other => Err(AuxError::Status(other)),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        node: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), AuxError> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://{node}{path}"))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(body))
+            .map_err(|error| AuxError::Transport(format!("build request: {error}")))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|error| AuxError::Transport(error_chain(&error)))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, self.max_response_bytes)
+                .collect()
+                .await
+                .map_err(|error| AuxError::Transport(format!("read body: {error}")))?
+                .to_bytes();
+            Ok((parts.status, parts.headers, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| AuxError::Timeout(self.timeout))?
+    }
+}
+
+/// The error and its sources on one line ("client error (Connect): connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,297 @@
+//! The binary shard frame: the one format in which shards travel between master and
+//! aux and in which aux nodes keep them.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "SCS1" (format version 1)
+//!      4     1  flags: bit 0 = tombstone (a delete marker, no payload)
+//!      5     1  shard index (0..k+m; data shards first)
+//!      6     1  k, data shards
+//!      7     1  m, parity shards
+//!      8     8  version timestamp (big-endian, like every integer here)
+//!     16     8  version writer id
+//!     24     8  expiry, Unix milliseconds (0 = never expires)
+//!     32     8  length of the original value in bytes
+//!     40     8  xxh3-64 of the whole original value
+//!     48     2  key length in bytes
+//!     50     4  payload length in bytes
+//!     54   key  key (UTF-8)
+//!      …   len  payload: this shard's bytes
+//!      …     8  xxh3-64 of every byte above (catches a corrupt or torn frame)
+//! ```
+//!
+//! The header carries everything a reader needs to decide whether shards belong to
+//! the same write (key + version) and to rebuild and verify the value without asking
+//! anyone else (invariant 1: no torn or invented values).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::version::Version;
+
+const MAGIC: &[u8; 4] = b"SCS1";
+const HEADER_LEN: usize = 54;
+const TRAILER_LEN: usize = 8;
+const FLAG_TOMBSTONE: u8 = 1;
+
+/// Longest key a frame can carry (the key length field is 16 bits).
+pub const MAX_KEY_BYTES: usize = u16::MAX as usize;
+
+/// Length of each shard of a `value_len`-byte value split into `k` data shards:
+/// the value is zero-padded to `k * shard_len`, and every shard is at least one byte
+/// long so that an empty value still has shards to carry its header.
+pub fn shard_len(value_len: u64, data_shards: u8) -> usize {
+    let data_shards = u64::from(data_shards.max(1));
+    value_len.div_ceil(data_shards).max(1) as usize
+}
+
+/// One shard of one version of one key, or a tombstone for that key and version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardFrame {
+    pub key: String,
+    pub version: Version,
+    pub tombstone: bool,
+    pub shard_index: u8,
+    pub data_shards: u8,
+    pub parity_shards: u8,
+    /// Unix milliseconds after which the shard must not be served; 0 = never.
+    pub expires_at_ms: u64,
+    pub value_len: u64,
+    pub value_checksum: u64,
+    pub payload: Bytes,
+}
+
+/// Why bytes could not be read as a shard frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame is {0} bytes, shorter than a frame header")]
+    TooShort(usize),
+    #[error("frame does not start with the shardcache magic")]
+    BadMagic,
+    #[error("frame length {actual} does not match its header ({expected} bytes)")]
+    LengthMismatch { expected: usize, actual: usize },
+    #[error("frame checksum mismatch: the frame is corrupt")]
+    ChecksumMismatch,
+    #[error("frame key is not UTF-8")]
+    KeyNotUtf8,
+    #[error("frame key is empty")]
+    EmptyKey,
+    #[error("frame geometry is invalid: {0}")]
+    BadGeometry(&'static str),
+}
+
+impl ShardFrame {
+    /// Whether the shard has expired at `now_ms` (Unix milliseconds).
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+    }
+
+    /// Serialises the frame in the wire format described in the module docs.
+    pub fn encode(&self) -> Bytes {
+        let total = HEADER_LEN + self.key.len() + self.payload.len() + TRAILER_LEN;
+        let mut buf = BytesMut::with_capacity(total);
+        buf.put_slice(MAGIC);
+        buf.put_u8(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
+        buf.put_u8(self.shard_index);
+        buf.put_u8(self.data_shards);
+        buf.put_u8(self.parity_shards);
+        buf.put_u64(self.version.timestamp);
+        buf.put_u64(self.version.writer);
+        buf.put_u64(self.expires_at_ms);
+        buf.put_u64(self.value_len);
+        buf.put_u64(self.value_checksum);
+        debug_assert!(self.key.len() <= MAX_KEY_BYTES);
+        buf.put_u16(self.key.len() as u16);
+        buf.put_u32(self.payload.len() as u32);
+        buf.put_slice(self.key.as_bytes());
+        buf.put_slice(&self.payload);
+        let checksum = xxh3_64(&buf);
+        buf.put_u64(checksum);
+        buf.freeze()
+    }
+
+    /// Parses and verifies a frame. The payload shares `bytes`' buffer (no copy).
+    pub fn decode(bytes: Bytes) -> Result<ShardFrame, FrameError> {
+        if bytes.len() < HEADER_LEN + TRAILER_LEN {
+            return Err(FrameError::TooShort(bytes.len()));
+        }
+        if &bytes[0..4] != MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        let key_len = usize::from(read_u16(&bytes, 48));
+        let payload_len = read_u32(&bytes, 50) as usize;
+        let expected = HEADER_LEN + key_len + payload_len + TRAILER_LEN;
+        if bytes.len() != expected {
+            return Err(FrameError::LengthMismatch {
+                expected,
+                actual: bytes.len(),
+            });
+        }
+        let body_end = expected - TRAILER_LEN;
+        if xxh3_64(&bytes[..body_end]) != read_u64(&bytes, body_end) {
+            return Err(FrameError::ChecksumMismatch);
+        }
+        let key = std::str::from_utf8(&bytes[HEADER_LEN..HEADER_LEN + key_len])
+            .map_err(|_| FrameError::KeyNotUtf8)?
+            .to_owned();
+        let frame = ShardFrame {
+            key,
+            version: Version {
+                timestamp: read_u64(&bytes, 8),
+                writer: read_u64(&bytes, 16),
+            },
+            tombstone: bytes[4] & FLAG_TOMBSTONE != 0,
+            shard_index: bytes[5],
+            data_shards: bytes[6],
+            parity_shards: bytes[7],
+            expires_at_ms: read_u64(&bytes, 24),
+            value_len: read_u64(&bytes, 32),
+            value_checksum: read_u64(&bytes, 40),
+            payload: bytes.slice(HEADER_LEN + key_len..body_end),
+        };
+        frame.check_geometry()?;
+        Ok(frame)
+    }
+
+    /// A frame whose checksum is right can still describe an impossible shard (a bug
+    /// in a writer); refuse those too rather than feed them to the decoder.
+    fn check_geometry(&self) -> Result<(), FrameError> {
+        if self.key.is_empty() {
+            return Err(FrameError::EmptyKey);
+        }
+        if self.tombstone {
+            return match self.payload.is_empty() {
+                true => Ok(()),
+                false => Err(FrameError::BadGeometry("tombstone with a payload")),
+            };
+        }
+        if self.data_shards == 0 {
+            return Err(FrameError::BadGeometry("zero data shards"));
+        }
+        let total = usize::from(self.data_shards) + usize::from(self.parity_shards);
+        if total > 255 {
+            return Err(FrameError::BadGeometry("more than 255 shards"));
+        }
+        if usize::from(self.shard_index) >= total {
+            return Err(FrameError::BadGeometry("shard index out of range"));
+        }
+        if self.payload.len() != shard_len(self.value_len, self.data_shards) {
+            return Err(FrameError::BadGeometry(
+                "payload length does not match value length",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut raw = [0u8; 4];
+    raw.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_be_bytes(raw)
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_be_bytes(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_frame(key: String, payload: Vec<u8>, k: u8, m: u8, index: u8) -> ShardFrame {
+        let value_len = payload.len() as u64 * u64::from(k);
+        ShardFrame {
+            key,
+            version: Version {
+                timestamp: 0x0123_4567_89ab_cdef,
+                writer: 42,
+            },
+            tombstone: false,
+            shard_index: index,
+            data_shards: k,
+            parity_shards: m,
+            expires_at_ms: 1_700_000_000_000,
+            value_len,
+            value_checksum: 0xfeed,
+            payload: Bytes::from(payload),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(
+            key in "\\PC{1,40}",
+            payload in proptest::collection::vec(any::<u8>(), 1..2000),
+            k in 1u8..10,
+            m in 0u8..5,
+            index_seed in any::<u8>(),
+        ) {
+            let index = index_seed % (k + m);
+            let frame = sample_frame(key, payload, k, m, index);
+            let decoded = ShardFrame::decode(frame.encode()).unwrap();
+            prop_assert_eq!(decoded, frame);
+        }
+
+        #[test]
+        fn any_flipped_bit_is_rejected(
+            payload in proptest::collection::vec(any::<u8>(), 1..300),
+            position_seed in any::<usize>(),
+            bit in 0u8..8,
+        ) {
+            let encoded = sample_frame("fruit".into(), payload, 3, 2, 4).encode();
+            let mut corrupt = encoded.to_vec();
+            let position = position_seed % corrupt.len();
+            corrupt[position] ^= 1 << bit;
+            prop_assert!(ShardFrame::decode(Bytes::from(corrupt)).is_err());
+        }
+
+        #[test]
+        fn any_truncation_is_rejected(cut_seed in any::<usize>()) {
+            let encoded = sample_frame("fruit".into(), vec![7; 100], 3, 2, 1).encode();
+            let cut = cut_seed % encoded.len();
+            prop_assert!(ShardFrame::decode(encoded.slice(..cut)).is_err());
+        }
+    }
+
+    #[test]
+    fn tombstones_round_trip() {
+        let mut frame = sample_frame("gone".into(), vec![], 3, 2, 0);
+        frame.tombstone = true;
+        frame.value_len = 0;
+        assert_eq!(ShardFrame::decode(frame.encode()).unwrap(), frame);
+    }
+
+    #[test]
+    fn impossible_geometry_is_rejected_even_with_a_valid_checksum() {
+        let out_of_range = sample_frame("k".into(), vec![1; 4], 3, 2, 5);
+        assert_eq!(
+            ShardFrame::decode(out_of_range.encode()),
+            Err(FrameError::BadGeometry("shard index out of range"))
+        );
+        let mut wrong_length = sample_frame("k".into(), vec![1; 4], 3, 2, 0);
+        wrong_length.value_len = 100;
+        assert!(matches!(
+            ShardFrame::decode(wrong_length.encode()),
+            Err(FrameError::BadGeometry(_))
+        ));
+        let empty_key = sample_frame(String::new(), vec![1; 4], 3, 2, 0);
+        assert_eq!(ShardFrame::decode(empty_key.encode()), Err(FrameError::EmptyKey));
+    }
+
+    #[test]
+    fn expiry_zero_means_never() {
+        let mut frame = sample_frame("k".into(), vec![1], 1, 0, 0);
+        frame.expires_at_ms = 0;
+        assert!(!frame.is_expired(u64::MAX));
+        frame.expires_at_ms = 10;
+        assert!(!frame.is_expired(9));
+        assert!(frame.is_expired(10));
+    }
+}

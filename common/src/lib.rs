@@ -1,0 +1,30 @@
+//! What shardcache masters and aux nodes must agree on.
+//!
+//! # Layout
+//!
+//! - [`version`]: totally ordered value versions (hybrid logical clock + writer id),
+//!   the basis of last-writer-wins and of the aux node's conditional put.
+//! - [`frame`]: the binary shard frame, defined once: header (key, version, shard
+//!   index, `k`, `m`, value length, expiry, value checksum), payload, frame checksum.
+//! - [`codec`]: Reed-Solomon encoding of a value into `k + m` shards and back.
+//! - [`ring`]: the consistent-hash ring that maps a key to `k + m` distinct aux nodes.
+//! - [`aux_client`]: the master's typed HTTP client for the aux node API ([`wire`]).
+//! - [`units`]: byte sizes (`256MiB`) and durations (`500ms`) for configuration.
+//! - [`runtime`]: logging set-up and the shutdown signal shared by every binary.
+
+pub mod aux_client;
+pub mod codec;
+pub mod frame;
+pub mod ring;
+pub mod runtime;
+pub mod units;
+pub mod version;
+pub mod wire;
+
+/// Milliseconds since the Unix epoch, the time base of versions and expiries.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

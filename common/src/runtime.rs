@@ -1,0 +1,66 @@
+//! Process plumbing shared by every shardcache binary: logging, binding the listener
+//! with a clear error, announcing the bound address, and the shutdown signal.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr, filtered by `SHARDCACHE_LOG` (then `RUST_LOG`), `info` by default.
+pub fn init_logging() {
+    let filter = std::env::var("SHARDCACHE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Binds `addr`, turning the usual failures into one line an operator can act on.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|error| match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!("cannot listen on {addr}: address already in use"),
+        _ => format!("cannot listen on {addr}: {error}"),
+    })
+}
+
+/// Prints the one stdout line `listening on ADDR`. The launcher and the test harness
+/// read it to learn the port when a node was started on port 0.
+pub fn announce(listener: &TcpListener) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    println!("listening on {addr}");
+    Ok(addr)
+}
+
+/// Resolves on Ctrl-C or SIGTERM, or, when `stop_with_parent` is set, when standard
+/// input reaches end of file — which happens when the launcher that holds its other
+/// end dies, however it dies. That way no node outlives the cluster that started it.
+pub async fn shutdown_signal(stop_with_parent: bool) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let parent_gone = async {
+        if !stop_with_parent {
+            return std::future::pending::<()>().await;
+        }
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await;
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+        () = parent_gone => tracing::info!("parent process gone, shutting down"),
+    }
+}
