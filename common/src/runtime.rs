@@ -64,3 +64,24 @@ pub async fn shutdown_signal(stop_with_parent: bool) {
         () = parent_gone => tracing::info!("parent process gone, shutting down"),
     }
 }
+
+/// Runs `future` to completion on a fresh multi-threaded Tokio runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime")
+        .block_on(future)
+}
+
+/// Ends the process: status 0 on success, otherwise one `error: …` line (with its
+/// causes, `{:#}`) on stderr and status 1 — never a panic or a backtrace.
+pub fn exit_on_error<E: std::fmt::Display>(result: Result<(), E>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1)
+        }
+    }
+}

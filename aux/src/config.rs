@@ -1,0 +1,55 @@
+//! Command-line and environment configuration of an aux node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use shardcache_common::units::{ByteSize, HumanDuration};
+
+/// A shardcache aux node: holds shards in a byte-bounded LRU with TTL.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "shardcache-aux", version)]
+pub struct AuxConfig {
+    /// Address to serve the aux API on (port 0 picks a free port).
+    #[arg(long, env = "SHARDCACHE_LISTEN", default_value = "127.0.0.1:7101")]
+    pub listen: SocketAddr,
+
+    /// Directory for this node's files (snapshots); created if missing.
+    #[arg(long, env = "SHARDCACHE_DATA_DIR", default_value = "./data/aux")]
+    pub data_dir: PathBuf,
+
+    /// Most shard bytes held in memory (key + frame + per-entry overhead); the least
+    /// recently used shards are evicted beyond it.
+    #[arg(long, env = "SHARDCACHE_CAPACITY", default_value = "256MiB")]
+    pub capacity: ByteSize,
+
+    /// How often expired shards are swept out of memory.
+    #[arg(long, env = "SHARDCACHE_SWEEP_INTERVAL", default_value = "1s")]
+    pub sweep_interval: HumanDuration,
+
+    /// Exit when standard input closes (set by the launcher, so that nodes never
+    /// outlive it).
+    #[arg(long, env = "SHARDCACHE_STOP_WITH_PARENT", hide = true)]
+    pub stop_with_parent: bool,
+}
+
+impl AuxConfig {
+    /// Checks what clap cannot, with a message that names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.capacity.bytes() < 4096 {
+            return Err(format!(
+                "--capacity {} is too small: at least 4KiB is needed",
+                self.capacity
+            ));
+        }
+        if self.sweep_interval.0.is_zero() {
+            return Err("--sweep-interval must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// Largest request body the aux API accepts: one frame, which can never be
+    /// larger than the store.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.capacity.bytes().min(1 << 30) as usize
+    }
+}

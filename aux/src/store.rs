@@ -1,0 +1,375 @@
+//! The shard store: a byte-bounded LRU of shard frames with TTL and tombstones.
+//!
+//! One entry per key (an aux node holds at most one shard of a key). Each entry keeps
+//! the encoded frame exactly as it arrived, so a read returns it without re-encoding,
+//! plus the few header fields the store decides on (version, expiry, tombstone).
+//!
+//! Invariants, all checked by the tests below:
+//! - `bytes <= capacity` after every operation: accounted per entry as key + frame
+//!   + [`ENTRY_OVERHEAD`], evicting least-recently-used entries until it fits
+//!   (invariant 5).
+//! - A put never replaces a newer version with an older one (invariant 2).
+//! - An expired entry is never returned, and [`ShardStore::sweep_expired`] reclaims it.
+//!
+//! Time is passed in (`now_ms`, Unix milliseconds) rather than read here, so tests
+//! control the clock exactly. The mutex is `parking_lot`'s and is never held across
+//! an `.await` (every method is synchronous).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lru::LruCache;
+use parking_lot::Mutex;
+use shardcache_common::frame::ShardFrame;
+use shardcache_common::version::Version;
+
+/// Bytes charged per entry on top of key and frame: the LRU node and its hash-table
+/// slot, the shared key allocation and the expiry-index entry, rounded up.
+pub const ENTRY_OVERHEAD: u64 = 160;
+
+/// What [`ShardStore::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutResult {
+    /// The frame is now the entry for its key.
+    Stored,
+    /// The store already held this exact version; nothing changed.
+    AlreadyHeld,
+    /// The store holds a newer version, which it kept.
+    Superseded(Version),
+    /// The frame alone is larger than the whole store.
+    TooLarge,
+}
+
+/// Counters and gauges for `/health` (and, later, metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    pub items: u64,
+    pub tombstones: u64,
+    pub bytes: u64,
+    pub capacity_bytes: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub superseded_puts: u64,
+}
+
+struct Entry {
+    version: Version,
+    expires_at_ms: u64,
+    tombstone: bool,
+    frame: Bytes,
+}
+
+struct Inner {
+    entries: LruCache<Arc<str>, Entry>,
+    /// `(expiry, key)` for every entry that expires, so sweeping is ordered by time.
+    expiries: BTreeSet<(u64, Arc<str>)>,
+    stats: StoreStats,
+}
+
+/// A thread-safe, byte-bounded shard store.
+pub struct ShardStore {
+    inner: Mutex<Inner>,
+}
+
+fn entry_bytes(key: &str, frame: &Bytes) -> u64 {
+    key.len() as u64 + frame.len() as u64 + ENTRY_OVERHEAD
+}
+
+impl ShardStore {
+    /// An empty store that will never hold more than `capacity_bytes`.
+    pub fn new(capacity_bytes: u64) -> Self {
+        let stats = StoreStats {
+            capacity_bytes,
+            ..StoreStats::default()
+        };
+        ShardStore {
+            inner: Mutex::new(Inner {
+                // Unbounded by count on purpose: the bound is in bytes.
+                entries: LruCache::unbounded(),
+                expiries: BTreeSet::new(),
+                stats,
+            }),
+        }
+    }
+
+    /// Stores `frame` (whose encoded form is `encoded`) unless a newer version of
+    /// its key is held. Evicts least-recently-used entries to make room.
+    pub fn put(&self, frame: &ShardFrame, encoded: Bytes, now_ms: u64) -> PutResult {
+        let mut inner = self.inner.lock();
+        let key: Arc<str> = Arc::from(frame.key.as_str());
+        let size = entry_bytes(&key, &encoded);
+        if size > inner.stats.capacity_bytes {
+            return PutResult::TooLarge;
+        }
+        if let Some(existing) = inner.entries.peek(&key) {
+            // Compared even when the held entry has expired: a late, older write must
+            // not come back after a newer one ran out.
+            if existing.version > frame.version {
+                let held = existing.version;
+                inner.stats.superseded_puts += 1;
+                return PutResult::Superseded(held);
+            }
+            if existing.version == frame.version {
+                return PutResult::AlreadyHeld;
+            }
+        }
+        inner.remove(&key);
+        if frame.is_expired(now_ms) {
+            // Newer than what was held but already dead: the old entry goes, nothing
+            // takes its place.
+            return PutResult::Stored;
+        }
+        if frame.expires_at_ms != 0 {
+            inner.expiries.insert((frame.expires_at_ms, key.clone()));
+        }
+        let entry = Entry {
+            version: frame.version,
+            expires_at_ms: frame.expires_at_ms,
+            tombstone: frame.tombstone,
+            frame: encoded,
+        };
+        inner.account_added(&entry, size);
+        inner.entries.push(key, entry);
+        inner.evict_to_capacity();
+        PutResult::Stored
+    }
+
+    /// The encoded frame held for `key` (a tombstone too), unless absent or expired.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<Bytes> {
+        let mut inner = self.inner.lock();
+        let expires_at_ms = inner.entries.get(key)?.expires_at_ms;
+        if expires_at_ms != 0 && expires_at_ms <= now_ms {
+            inner.remove(key);
+            inner.stats.expirations += 1;
+            return None;
+        }
+        inner.entries.peek(key).map(|entry| entry.frame.clone())
+    }
+
+    /// Removes up to `limit` entries that have expired by `now_ms`; returns how many.
+    /// Bounded so one sweep never holds the lock for long.
+    pub fn sweep_expired(&self, now_ms: u64, limit: usize) -> usize {
+        let mut inner = self.inner.lock();
+        let mut removed = 0;
+        while removed < limit {
+            let Some((expires_at_ms, key)) = inner.expiries.first().cloned() else {
+                break;
+            };
+            if expires_at_ms > now_ms {
+                break;
+            }
+            inner.remove(&key);
+            inner.stats.expirations += 1;
+            removed += 1;
+        }
+        removed
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.inner.lock().stats
+    }
+}
+
+impl Inner {
+    fn account_added(&mut self, entry: &Entry, size: u64) {
+        self.stats.bytes += size;
+        self.stats.items += 1;
+        self.stats.tombstones += u64::from(entry.tombstone);
+    }
+
+    /// Drops the entry for `key`, if any, with its expiry-index slot and its bytes.
+    fn remove(&mut self, key: &str) {
+        if let Some((key, entry)) = self.entries.pop_entry(key) {
+            self.forget(&key, &entry);
+        }
+    }
+
+    fn forget(&mut self, key: &Arc<str>, entry: &Entry) {
+        if entry.expires_at_ms != 0 {
+            self.expiries.remove(&(entry.expires_at_ms, key.clone()));
+        }
+        self.stats.bytes -= entry_bytes(key, &entry.frame);
+        self.stats.items -= 1;
+        self.stats.tombstones -= u64::from(entry.tombstone);
+    }
+
+    fn evict_to_capacity(&mut self) {
+        while self.stats.bytes > self.stats.capacity_bytes {
+            let Some((key, entry)) = self.entries.pop_lru() else {
+                break;
+            };
+            self.forget(&key, &entry);
+            self.stats.evictions += 1;
+        }
+    }
+}
+
+/// Used by the tests to cross-check the running byte count.
+#[cfg(test)]
+impl ShardStore {
+    fn recount_bytes(&self) -> u64 {
+        let inner = self.inner.lock();
+        inner
+            .entries
+            .iter()
+            .map(|(key, entry)| entry_bytes(key, &entry.frame))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use shardcache_common::frame::shard_len;
+
+    fn frame(key: &str, timestamp: u64, payload_len: usize, expires_at_ms: u64) -> ShardFrame {
+        let value_len = payload_len as u64 * 3;
+        ShardFrame {
+            key: key.to_owned(),
+            version: Version {
+                timestamp,
+                writer: 1,
+            },
+            tombstone: false,
+            shard_index: 0,
+            data_shards: 3,
+            parity_shards: 2,
+            expires_at_ms,
+            value_len,
+            value_checksum: 0,
+            payload: Bytes::from(vec![timestamp as u8; shard_len(value_len, 3)]),
+        }
+    }
+
+    fn tombstone(key: &str, timestamp: u64) -> ShardFrame {
+        ShardFrame {
+            tombstone: true,
+            value_len: 0,
+            payload: Bytes::new(),
+            ..frame(key, timestamp, 1, 0)
+        }
+    }
+
+    fn put(store: &ShardStore, frame: &ShardFrame, now_ms: u64) -> PutResult {
+        store.put(frame, frame.encode(), now_ms)
+    }
+
+    fn held_version(store: &ShardStore, key: &str, now_ms: u64) -> Option<u64> {
+        let bytes = store.get(key, now_ms)?;
+        Some(ShardFrame::decode(bytes).unwrap().version.timestamp)
+    }
+
+    #[test]
+    fn older_versions_never_replace_newer_ones() {
+        let store = ShardStore::new(1 << 20);
+        assert_eq!(put(&store, &frame("k", 10, 50, 0), 0), PutResult::Stored);
+        let stale = put(&store, &frame("k", 9, 50, 0), 0);
+        assert!(matches!(stale, PutResult::Superseded(v) if v.timestamp == 10));
+        assert_eq!(put(&store, &frame("k", 10, 50, 0), 0), PutResult::AlreadyHeld);
+        assert_eq!(held_version(&store, "k", 0), Some(10));
+        assert_eq!(put(&store, &tombstone("k", 11), 0), PutResult::Stored);
+        assert!(matches!(put(&store, &frame("k", 10, 50, 0), 0), PutResult::Superseded(_)));
+        let held = ShardFrame::decode(store.get("k", 0).unwrap()).unwrap();
+        assert!(held.tombstone, "the delete must stick");
+        assert_eq!(store.stats().superseded_puts, 2);
+    }
+
+    #[test]
+    fn expired_entries_are_not_served_and_are_reclaimed() {
+        let store = ShardStore::new(1 << 20);
+        put(&store, &frame("short", 1, 100, 5_000), 0);
+        put(&store, &frame("long", 1, 100, 60_000), 0);
+        put(&store, &frame("forever", 1, 100, 0), 0);
+        assert_eq!(held_version(&store, "short", 4_999), Some(1));
+        assert_eq!(held_version(&store, "short", 5_000), None);
+        assert_eq!(store.stats().items, 2, "a read of an expired entry reclaims it");
+        assert_eq!(store.sweep_expired(59_999, 100), 0);
+        assert_eq!(store.sweep_expired(60_000, 100), 1);
+        assert_eq!(held_version(&store, "forever", u64::MAX), Some(1));
+        let stats = store.stats();
+        assert_eq!((stats.items, stats.expirations), (1, 2));
+        assert_eq!(stats.bytes, store.recount_bytes());
+    }
+
+    #[test]
+    fn an_expired_newer_version_still_blocks_an_older_write() {
+        let store = ShardStore::new(1 << 20);
+        put(&store, &frame("k", 10, 10, 1_000), 0);
+        assert!(matches!(put(&store, &frame("k", 5, 10, 0), 2_000), PutResult::Superseded(_)));
+        assert_eq!(held_version(&store, "k", 2_000), None);
+    }
+
+    #[test]
+    fn least_recently_used_entries_are_evicted_first() {
+        let one = entry_bytes("a", &frame("a", 1, 1000, 0).encode());
+        let store = ShardStore::new(one * 3);
+        for key in ["a", "b", "c"] {
+            put(&store, &frame(key, 1, 1000, 0), 0);
+        }
+        assert!(store.get("a", 0).is_some(), "touch a so that b is the oldest");
+        put(&store, &frame("d", 1, 1000, 0), 0);
+        assert!(store.get("b", 0).is_none());
+        for key in ["a", "c", "d"] {
+            assert!(store.get(key, 0).is_some(), "{key} should remain");
+        }
+        assert_eq!(store.stats().evictions, 1);
+        assert_eq!(put(&store, &frame("huge", 1, 10_000, 0), 0), PutResult::TooLarge);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put { key: u8, timestamp: u8, payload_len: u16, ttl: Option<u8> },
+        Delete { key: u8, timestamp: u8 },
+        Get { key: u8 },
+        Sweep,
+        Tick(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..40, any::<u8>(), 0u16..3000, proptest::option::of(any::<u8>()))
+                .prop_map(|(key, timestamp, payload_len, ttl)| Op::Put { key, timestamp, payload_len, ttl }),
+            1 => (0u8..40, any::<u8>()).prop_map(|(key, timestamp)| Op::Delete { key, timestamp }),
+            2 => (0u8..40).prop_map(|key| Op::Get { key }),
+            1 => Just(Op::Sweep),
+            1 => any::<u8>().prop_map(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn never_exceeds_capacity_and_accounts_exactly(
+            capacity in 500u64..40_000,
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            let store = ShardStore::new(capacity);
+            let mut now_ms = 0u64;
+            for op in ops {
+                match op {
+                    Op::Put { key, timestamp, payload_len, ttl } => {
+                        let expires = ttl.map_or(0, |ttl| now_ms + u64::from(ttl) + 1);
+                        let frame = frame(&format!("key-{key}"), timestamp.into(), payload_len.into(), expires);
+                        put(&store, &frame, now_ms);
+                    }
+                    Op::Delete { key, timestamp } => {
+                        put(&store, &tombstone(&format!("key-{key}"), timestamp.into()), now_ms);
+                    }
+                    Op::Get { key } => {
+                        if let Some(bytes) = store.get(&format!("key-{key}"), now_ms) {
+                            prop_assert!(!ShardFrame::decode(bytes).unwrap().is_expired(now_ms));
+                        }
+                    }
+                    Op::Sweep => {
+                        store.sweep_expired(now_ms, usize::MAX);
+                    }
+                    Op::Tick(millis) => now_ms += u64::from(millis),
+                }
+                let stats = store.stats();
+                prop_assert!(stats.bytes <= capacity, "{} > {}", stats.bytes, capacity);
+                prop_assert_eq!(stats.bytes, store.recount_bytes());
+            }
+        }
+    }
+}
