@@ -43,9 +43,14 @@ async fn put_shard(State(state): State<AuxState>, body: Bytes) -> Response {
     match state.store.put(&frame, body, unix_millis()) {
         PutResult::Stored | PutResult::AlreadyHeld => StatusCode::NO_CONTENT.into_response(),
         PutResult::Superseded(held) => {
-            let mut response = error(StatusCode::CONFLICT, format!("a newer version {held} is held"));
+            let mut response = error(
+                StatusCode::CONFLICT,
+                format!("a newer version {held} is held"),
+            );
             if let Ok(value) = HeaderValue::from_str(&held.to_string()) {
-                response.headers_mut().insert(wire::CURRENT_VERSION_HEADER, value);
+                response
+                    .headers_mut()
+                    .insert(wire::CURRENT_VERSION_HEADER, value);
             }
             response
         }
@@ -58,7 +63,9 @@ async fn put_shard(State(state): State<AuxState>, body: Bytes) -> Response {
 
 async fn get_shard(State(state): State<AuxState>, Path(key): Path<String>) -> Response {
     match state.store.get(&key, unix_millis()) {
-        Some(frame) => ([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response(),
+        Some(frame) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response()
+        }
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -87,7 +94,10 @@ mod tests {
     fn frame(key: &str, timestamp: u64) -> ShardFrame {
         ShardFrame {
             key: key.into(),
-            version: Version { timestamp, writer: 3 },
+            version: Version {
+                timestamp,
+                writer: 3,
+            },
             tombstone: false,
             shard_index: 1,
             data_shards: 2,
@@ -100,7 +110,11 @@ mod tests {
     }
 
     async fn send(app: &Router, method: &str, uri: &str, body: Bytes) -> Response {
-        let request = Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap();
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .unwrap();
         app.clone().oneshot(request).await.unwrap()
     }
 
@@ -125,7 +139,9 @@ mod tests {
         send(&app, "PUT", wire::SHARDS_PATH, frame("k", 9).encode()).await;
         let stale = send(&app, "PUT", wire::SHARDS_PATH, frame("k", 8).encode()).await;
         assert_eq!(stale.status(), StatusCode::CONFLICT);
-        let held = stale.headers()[wire::CURRENT_VERSION_HEADER].to_str().unwrap();
+        let held = stale.headers()[wire::CURRENT_VERSION_HEADER]
+            .to_str()
+            .unwrap();
         assert_eq!(held.parse::<Version>().unwrap().timestamp, 9);
     }
 

@@ -42,7 +42,11 @@ pub async fn run(
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
     let store = Arc::new(ShardStore::new(config.capacity.bytes()));
     let stop = CancellationToken::new();
-    let sweeper = tokio::spawn(sweep_expired(store.clone(), config.sweep_interval.0, stop.clone()));
+    let sweeper = tokio::spawn(sweep_expired(
+        store.clone(),
+        config.sweep_interval.0,
+        stop.clone(),
+    ));
     let state = AuxState {
         store,
         max_frame_bytes: config.max_frame_bytes(),
@@ -78,7 +82,12 @@ pub async fn serve(config: AuxConfig) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     shardcache_common::runtime::announce(&listener)?;
     let stop_with_parent = config.stop_with_parent;
-    run(config, listener, shardcache_common::runtime::shutdown_signal(stop_with_parent)).await
+    run(
+        config,
+        listener,
+        shardcache_common::runtime::shutdown_signal(stop_with_parent),
+    )
+    .await
 }
 
 /// Background worker: reclaims the memory of expired shards every `interval`.

@@ -5,9 +5,9 @@
 //! plus the few header fields the store decides on (version, expiry, tombstone).
 //!
 //! Invariants, all checked by the tests below:
-//! - `bytes <= capacity` after every operation: accounted per entry as key + frame
-//!   + [`ENTRY_OVERHEAD`], evicting least-recently-used entries until it fits
-//!   (invariant 5).
+//! - `bytes <= capacity` after every operation: each entry is accounted as its key,
+//!   its frame and [`ENTRY_OVERHEAD`], and least-recently-used entries are evicted
+//!   until the store fits (invariant 5).
 //! - A put never replaces a newer version with an older one (invariant 2).
 //! - An expired entry is never returned, and [`ShardStore::sweep_expired`] reclaims it.
 //!
@@ -267,10 +267,16 @@ mod tests {
         assert_eq!(put(&store, &frame("k", 10, 50, 0), 0), PutResult::Stored);
         let stale = put(&store, &frame("k", 9, 50, 0), 0);
         assert!(matches!(stale, PutResult::Superseded(v) if v.timestamp == 10));
-        assert_eq!(put(&store, &frame("k", 10, 50, 0), 0), PutResult::AlreadyHeld);
+        assert_eq!(
+            put(&store, &frame("k", 10, 50, 0), 0),
+            PutResult::AlreadyHeld
+        );
         assert_eq!(held_version(&store, "k", 0), Some(10));
         assert_eq!(put(&store, &tombstone("k", 11), 0), PutResult::Stored);
-        assert!(matches!(put(&store, &frame("k", 10, 50, 0), 0), PutResult::Superseded(_)));
+        assert!(matches!(
+            put(&store, &frame("k", 10, 50, 0), 0),
+            PutResult::Superseded(_)
+        ));
         let held = ShardFrame::decode(store.get("k", 0).unwrap()).unwrap();
         assert!(held.tombstone, "the delete must stick");
         assert_eq!(store.stats().superseded_puts, 2);
@@ -284,7 +290,11 @@ mod tests {
         put(&store, &frame("forever", 1, 100, 0), 0);
         assert_eq!(held_version(&store, "short", 4_999), Some(1));
         assert_eq!(held_version(&store, "short", 5_000), None);
-        assert_eq!(store.stats().items, 2, "a read of an expired entry reclaims it");
+        assert_eq!(
+            store.stats().items,
+            2,
+            "a read of an expired entry reclaims it"
+        );
         assert_eq!(store.sweep_expired(59_999, 100), 0);
         assert_eq!(store.sweep_expired(60_000, 100), 1);
         assert_eq!(held_version(&store, "forever", u64::MAX), Some(1));
@@ -297,7 +307,10 @@ mod tests {
     fn an_expired_newer_version_still_blocks_an_older_write() {
         let store = ShardStore::new(1 << 20);
         put(&store, &frame("k", 10, 10, 1_000), 0);
-        assert!(matches!(put(&store, &frame("k", 5, 10, 0), 2_000), PutResult::Superseded(_)));
+        assert!(matches!(
+            put(&store, &frame("k", 5, 10, 0), 2_000),
+            PutResult::Superseded(_)
+        ));
         assert_eq!(held_version(&store, "k", 2_000), None);
     }
 
@@ -308,21 +321,37 @@ mod tests {
         for key in ["a", "b", "c"] {
             put(&store, &frame(key, 1, 1000, 0), 0);
         }
-        assert!(store.get("a", 0).is_some(), "touch a so that b is the oldest");
+        assert!(
+            store.get("a", 0).is_some(),
+            "touch a so that b is the oldest"
+        );
         put(&store, &frame("d", 1, 1000, 0), 0);
         assert!(store.get("b", 0).is_none());
         for key in ["a", "c", "d"] {
             assert!(store.get(key, 0).is_some(), "{key} should remain");
         }
         assert_eq!(store.stats().evictions, 1);
-        assert_eq!(put(&store, &frame("huge", 1, 10_000, 0), 0), PutResult::TooLarge);
+        assert_eq!(
+            put(&store, &frame("huge", 1, 10_000, 0), 0),
+            PutResult::TooLarge
+        );
     }
 
     #[derive(Debug, Clone)]
     enum Op {
-        Put { key: u8, timestamp: u8, payload_len: u16, ttl: Option<u8> },
-        Delete { key: u8, timestamp: u8 },
-        Get { key: u8 },
+        Put {
+            key: u8,
+            timestamp: u8,
+            payload_len: u16,
+            ttl: Option<u8>,
+        },
+        Delete {
+            key: u8,
+            timestamp: u8,
+        },
+        Get {
+            key: u8,
+        },
         Sweep,
         Tick(u8),
     }

@@ -1,1 +1,32 @@
-fn main() {}
+//! `shardcache`: `up` starts a local cluster; `master` and `aux` run one node each
+//! (the same flags as `shardcache-master` and `shardcache-aux`).
+
+use clap::Parser;
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "shardcache",
+    version,
+    about = "An erasure-coded distributed in-memory cache"
+)]
+enum Command {
+    /// Start a local cluster of real processes and run it until Ctrl-C.
+    Up(shardcache::up::UpArgs),
+    /// Run one master node.
+    Master(shardcache_master::MasterConfig),
+    /// Run one aux node.
+    Aux(shardcache_aux::AuxConfig),
+}
+
+fn main() {
+    let command = Command::parse();
+    shardcache_common::runtime::init_logging();
+    let result = match command {
+        Command::Up(args) => shardcache::up::up(args),
+        Command::Master(config) => {
+            shardcache_common::runtime::block_on(shardcache_master::serve(config))
+        }
+        Command::Aux(config) => shardcache_common::runtime::block_on(shardcache_aux::serve(config)),
+    };
+    shardcache_common::runtime::exit_on_error(result);
+}

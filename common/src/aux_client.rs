@@ -79,7 +79,9 @@ where
 
     /// Stores an encoded frame on `node`, unless it holds a newer version of the key.
     pub async fn put_shard(&self, node: &str, frame: Bytes) -> Result<PutOutcome, AuxError> {
-        let (status, headers, _) = self.call(Method::PUT, node, wire::SHARDS_PATH, frame).await?;
+        let (status, headers, _) = self
+            .call(Method::PUT, node, wire::SHARDS_PATH, frame)
+            .await?;
         match status {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(PutOutcome::Stored),
             StatusCode::CONFLICT => {
@@ -107,7 +109,9 @@ where
 
     /// Whether `node` answers its health endpoint.
     pub async fn health(&self, node: &str) -> Result<(), AuxError> {
-        let (status, _, _) = self.call(Method::GET, node, "/health", Bytes::new()).await?;
+        let (status, _, _) = self
+            .call(Method::GET, node, "/health", Bytes::new())
+            .await?;
         match status {
             StatusCode::OK => Ok(()),
             other => Err(AuxError::Status(other)),

@@ -47,7 +47,9 @@ impl Codec {
     /// A codec for `k` data and `m` parity shards (`k >= 1`, `k + m <= 255`).
     pub fn new(data_shards: u8, parity_shards: u8) -> Result<Codec, CodecError> {
         if data_shards == 0 {
-            return Err(CodecError::Geometry("k (data shards) must be at least 1".into()));
+            return Err(CodecError::Geometry(
+                "k (data shards) must be at least 1".into(),
+            ));
         }
         if usize::from(data_shards) + usize::from(parity_shards) > 255 {
             return Err(CodecError::Geometry("k + m must be at most 255".into()));
@@ -113,7 +115,11 @@ impl Codec {
         let needed = usize::from(self.data_shards);
         let expected_len = shard_len(value_len, self.data_shards);
         shards.resize(self.total_shards(), None);
-        if shards.iter().flatten().any(|shard| shard.len() != expected_len) {
+        if shards
+            .iter()
+            .flatten()
+            .any(|shard| shard.len() != expected_len)
+        {
             return Err(CodecError::ShardLength);
         }
         let present = shards.iter().filter(|shard| shard.is_some()).count();
@@ -122,10 +128,10 @@ impl Codec {
         }
         let all_data_present = shards[..needed].iter().all(Option::is_some);
         if !all_data_present {
-            let reed_solomon = self.reed_solomon.as_ref().ok_or(CodecError::TooFewShards {
-                present: 0,
-                needed,
-            })?;
+            let reed_solomon = self
+                .reed_solomon
+                .as_ref()
+                .ok_or(CodecError::TooFewShards { present: 0, needed })?;
             reed_solomon
                 .reconstruct_data(&mut shards)
                 .map_err(|_| CodecError::TooFewShards { present, needed })?;
@@ -193,7 +199,10 @@ mod tests {
         shards[2] = None;
         assert_eq!(
             codec.decode(shards, 6, value_checksum(&value)),
-            Err(CodecError::TooFewShards { present: 2, needed: 3 })
+            Err(CodecError::TooFewShards {
+                present: 2,
+                needed: 3
+            })
         );
     }
 

@@ -282,7 +282,10 @@ mod tests {
             Err(FrameError::BadGeometry(_))
         ));
         let empty_key = sample_frame(String::new(), vec![1; 4], 3, 2, 0);
-        assert_eq!(ShardFrame::decode(empty_key.encode()), Err(FrameError::EmptyKey));
+        assert_eq!(
+            ShardFrame::decode(empty_key.encode()),
+            Err(FrameError::EmptyKey)
+        );
     }
 
     #[test]

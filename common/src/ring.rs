@@ -58,7 +58,9 @@ impl Ring {
         if wanted == 0 {
             return Vec::new();
         }
-        let start = self.points.partition_point(|(point, _)| *point < key_point(key));
+        let start = self
+            .points
+            .partition_point(|(point, _)| *point < key_point(key));
         for (_, node) in self.points[start..].iter().chain(&self.points[..start]) {
             if !owners.contains(node) {
                 owners.push(*node);
@@ -133,7 +135,9 @@ mod tests {
             assert_eq!(owners.iter().collect::<HashSet<_>>().len(), 5);
         }
         assert_eq!(ring.owners("k", 50).len(), 6);
-        assert!(Ring::new(Vec::<String>::new(), 10).owners("k", 3).is_empty());
+        assert!(Ring::new(Vec::<String>::new(), 10)
+            .owners("k", 3)
+            .is_empty());
     }
 
     #[test]
@@ -177,8 +181,14 @@ mod tests {
                 let ideal = 1.0 / (node_count + 1) as f64;
                 let joined = moved_fraction(&small, &large, shards_per_key);
                 let left = moved_fraction(&large, &small, shards_per_key);
-                assert!(joined <= 1.1 * ideal, "join moved {joined:.4}, ideal {ideal:.4}");
-                assert!(left <= 1.1 * ideal, "leave moved {left:.4}, ideal {ideal:.4}");
+                assert!(
+                    joined <= 1.1 * ideal,
+                    "join moved {joined:.4}, ideal {ideal:.4}"
+                );
+                assert!(
+                    left <= 1.1 * ideal,
+                    "leave moved {left:.4}, ideal {ideal:.4}"
+                );
             }
         }
     }

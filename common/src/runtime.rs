@@ -13,16 +13,21 @@ pub fn init_logging() {
         .unwrap_or_else(|_| "info".to_owned());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 /// Binds `addr`, turning the usual failures into one line an operator can act on.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|error| match error.kind() {
-        std::io::ErrorKind::AddrInUse => format!("cannot listen on {addr}: address already in use"),
-        _ => format!("cannot listen on {addr}: {error}"),
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!("cannot listen on {addr}: address already in use")
+            }
+            _ => format!("cannot listen on {addr}: {error}"),
+        })
 }
 
 /// Prints the one stdout line `listening on ADDR`. The launcher and the test harness
@@ -65,13 +70,17 @@ pub async fn shutdown_signal(stop_with_parent: bool) {
     }
 }
 
-/// Runs `future` to completion on a fresh multi-threaded Tokio runtime.
+/// Runs `future` to completion on a fresh multi-threaded Tokio runtime, then drops
+/// the runtime without waiting for blocking tasks (the stdin watcher of
+/// [`shutdown_signal`] never finishes on its own).
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("build the tokio runtime")
-        .block_on(future)
+        .expect("build the tokio runtime");
+    let output = runtime.block_on(future);
+    runtime.shutdown_background();
+    output
 }
 
 /// Ends the process: status 0 on success, otherwise one `error: …` line (with its

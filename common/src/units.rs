@@ -37,7 +37,8 @@ impl FromStr for ByteSize {
         let (number, multiplier) = BYTE_UNITS
             .iter()
             .find_map(|(suffix, multiplier)| {
-                text.strip_suffix(suffix).map(|number| (number, *multiplier))
+                text.strip_suffix(suffix)
+                    .map(|number| (number, *multiplier))
             })
             .unwrap_or((text, 1));
         let number: u64 = number.trim().parse().map_err(|_| {
@@ -53,7 +54,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (suffix, multiplier) in &BYTE_UNITS[..3] {
-            if self.0 >= *multiplier && self.0 % multiplier == 0 {
+            if self.0 >= *multiplier && self.0.is_multiple_of(*multiplier) {
                 return write!(f, "{}{suffix}", self.0 / multiplier);
             }
         }
@@ -87,7 +88,7 @@ impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let millis = self.0.as_millis() as u64;
         for (suffix, unit) in DURATION_UNITS.iter().rev() {
-            if millis >= *unit && millis % unit == 0 {
+            if millis >= *unit && millis.is_multiple_of(*unit) {
                 return write!(f, "{}{suffix}", millis / unit);
             }
         }
@@ -114,13 +115,28 @@ mod tests {
 
     #[test]
     fn durations_parse_and_print() {
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert_eq!("2s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(2));
-        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "2s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
         assert_eq!(HumanDuration(Duration::from_secs(3600)).to_string(), "1h");
-        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
         for bad in ["", "5", "fast", "1.5s"] {
-            assert!(bad.parse::<HumanDuration>().is_err(), "{bad} should not parse");
+            assert!(
+                bad.parse::<HumanDuration>().is_err(),
+                "{bad} should not parse"
+            );
         }
     }
 }

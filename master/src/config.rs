@@ -1,0 +1,118 @@
+//! Command-line and environment configuration of a master node.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shardcache_common::frame::MAX_KEY_BYTES;
+use shardcache_common::units::{ByteSize, HumanDuration};
+
+/// A shardcache master: the stateless HTTP/JSON API that erasure-codes values
+/// across aux nodes.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "shardcache-master", version)]
+pub struct MasterConfig {
+    /// Address to serve the client API on (port 0 picks a free port).
+    #[arg(long, env = "SHARDCACHE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Aux nodes as host:port, comma-separated. Every master must be given the same
+    /// set (order does not matter): it decides where each key's shards live.
+    #[arg(long, env = "SHARDCACHE_AUX", value_delimiter = ',', required = true)]
+    pub aux: Vec<String>,
+
+    /// k: data shards per value. Any k shards rebuild it.
+    #[arg(long, env = "SHARDCACHE_DATA_SHARDS", default_value_t = 3)]
+    pub data_shards: u8,
+
+    /// m: parity shards per value. Values survive the loss of any m aux nodes.
+    #[arg(long, env = "SHARDCACHE_PARITY_SHARDS", default_value_t = 2)]
+    pub parity_shards: u8,
+
+    /// Shards that must be stored before a write or delete is acknowledged
+    /// (k..=k+m; default k+1, capped at k+m).
+    #[arg(long, env = "SHARDCACHE_WRITE_QUORUM")]
+    pub write_quorum: Option<u8>,
+
+    /// Deadline of every call to an aux node (connect, request and response).
+    #[arg(long, env = "SHARDCACHE_SHARD_TIMEOUT", default_value = "500ms")]
+    pub shard_timeout: HumanDuration,
+
+    /// Longest key, in UTF-8 bytes.
+    #[arg(long, env = "SHARDCACHE_MAX_KEY_SIZE", default_value = "1KiB")]
+    pub max_key_size: ByteSize,
+
+    /// Largest value, in bytes. Request bodies may be up to twice this (JSON escaping).
+    #[arg(long, env = "SHARDCACHE_MAX_VALUE_SIZE", default_value = "8MiB")]
+    pub max_value_size: ByteSize,
+
+    /// How long a delete's tombstone is kept, so that a node which missed the delete
+    /// cannot bring the value back within that time.
+    #[arg(long, env = "SHARDCACHE_TOMBSTONE_TTL", default_value = "24h")]
+    pub tombstone_ttl: HumanDuration,
+
+    /// Exit when standard input closes (set by the launcher, so that nodes never
+    /// outlive it).
+    #[arg(long, env = "SHARDCACHE_STOP_WITH_PARENT", hide = true)]
+    pub stop_with_parent: bool,
+}
+
+/// Longest TTL accepted, so expiry arithmetic can never overflow: 10 years.
+pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+impl MasterConfig {
+    /// Checks what clap cannot, with a message that names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let (k, m) = (
+            usize::from(self.data_shards),
+            usize::from(self.parity_shards),
+        );
+        if k == 0 {
+            return Err("--data-shards must be at least 1".into());
+        }
+        if k + m > 255 {
+            return Err("--data-shards + --parity-shards must be at most 255".into());
+        }
+        let mut distinct = self.aux.clone();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.iter().any(|node| node.trim().is_empty()) {
+            return Err("--aux contains an empty address".into());
+        }
+        if distinct.len() < k + m {
+            return Err(format!(
+                "--data-shards {k} + --parity-shards {m} needs at least {} distinct aux nodes, --aux lists {}",
+                k + m,
+                distinct.len()
+            ));
+        }
+        let quorum = usize::from(self.write_quorum());
+        if quorum < k || quorum > k + m {
+            return Err(format!("--write-quorum must be between {k} and {}", k + m));
+        }
+        if self.shard_timeout.0 < Duration::from_millis(1) {
+            return Err("--shard-timeout must be at least 1ms".into());
+        }
+        if self.max_key_size.bytes() == 0 || self.max_key_size.bytes() > MAX_KEY_BYTES as u64 {
+            return Err(format!(
+                "--max-key-size must be between 1B and {MAX_KEY_BYTES}B"
+            ));
+        }
+        if self.max_value_size.bytes() > 1 << 30 {
+            return Err("--max-value-size must be at most 1GiB".into());
+        }
+        Ok(())
+    }
+
+    /// The write quorum in effect: the flag, or k+1 capped at k+m.
+    pub fn write_quorum(&self) -> u8 {
+        self.write_quorum.unwrap_or_else(|| {
+            (self.data_shards.saturating_add(1))
+                .min(self.data_shards.saturating_add(self.parity_shards))
+        })
+    }
+
+    /// Largest request body: room for a fully escaped value and key.
+    pub fn max_body_bytes(&self) -> usize {
+        (2 * self.max_value_size.bytes() + 6 * self.max_key_size.bytes() + 4096) as usize
+    }
+}

@@ -1,0 +1,349 @@
+//! The read, write and delete paths: from a key and a value to shards on aux nodes
+//! and back.
+//!
+//! **Write.** Take a fresh version, encode the value into `k + m` shards, send shard
+//! `i` to the key's owner of rank `i`, all at once, and acknowledge once `W` (the
+//! write quorum) owners stored it. An owner that already holds a *newer* version
+//! counts towards `W`: under last-writer-wins this write is then already overwritten.
+//!
+//! **Read.** Ask every owner for its shard. Group the answers by version; the newest
+//! version with `k` shards is decoded (a plain concatenation when the `k` data shards
+//! are there) and checked against the value checksum in its frames. A tombstone
+//! newer than it means "deleted". The read stops waiting as soon as at least
+//! `k + m - W + 1` owners have answered — enough to include a shard of every
+//! acknowledged write — and the newest version seen is decodable (or a tombstone),
+//! so a dead or hung owner costs nothing once `k` others answered. A miss waits for
+//! every owner (or its timeout) before it says 404.
+//!
+//! **Delete.** A read (so a missing key answers 404), then a tombstone with a newer
+//! version to every owner, acknowledged at the same quorum as a write.
+//!
+//! Every shard request runs in a task of its own with the client's timeout, and is
+//! left to finish after the client got its answer: the remaining owners still receive
+//! their shards, and dropping a request half-way would close its pooled connection.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shardcache_common::aux_client::{AuxClient, PutOutcome};
+use shardcache_common::codec::{value_checksum, Codec};
+use shardcache_common::frame::ShardFrame;
+use shardcache_common::ring::Ring;
+use shardcache_common::unix_millis;
+use shardcache_common::version::{HybridClock, Version};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+
+/// A value read back, with the version that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub version: Version,
+    pub value: Vec<u8>,
+}
+
+/// Everything a master needs to place, code and fetch shards.
+pub struct DataPath {
+    ring: Ring,
+    codec: Codec,
+    client: AuxClient,
+    clock: HybridClock,
+    write_quorum: usize,
+    tombstone_ttl: Duration,
+}
+
+impl DataPath {
+    pub fn new(
+        ring: Ring,
+        codec: Codec,
+        client: AuxClient,
+        write_quorum: usize,
+        tombstone_ttl: Duration,
+    ) -> Self {
+        DataPath {
+            ring,
+            codec,
+            client,
+            clock: HybridClock::with_random_writer(),
+            write_quorum,
+            tombstone_ttl,
+        }
+    }
+
+    fn total_shards(&self) -> usize {
+        self.codec.total_shards()
+    }
+
+    /// Stores `value` under `key`, expiring after `ttl` if given.
+    pub async fn write(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Version, ApiError> {
+        let version = self.clock.next();
+        let expires_at_ms = ttl.map_or(0, |ttl| unix_millis() + ttl.as_millis() as u64);
+        let checksum = value_checksum(value);
+        let frames = self
+            .codec
+            .encode(value)
+            .into_iter()
+            .enumerate()
+            .map(|(index, shard)| {
+                ShardFrame {
+                    key: key.to_owned(),
+                    version,
+                    tombstone: false,
+                    shard_index: index as u8,
+                    data_shards: self.codec.data_shards(),
+                    parity_shards: self.codec.parity_shards(),
+                    expires_at_ms,
+                    value_len: value.len() as u64,
+                    value_checksum: checksum,
+                    payload: Bytes::from(shard),
+                }
+                .encode()
+            })
+            .collect();
+        self.store_frames(key, frames).await?;
+        Ok(version)
+    }
+
+    /// Deletes `key`; `false` if there was no live value to delete.
+    pub async fn delete(&self, key: &str) -> Result<bool, ApiError> {
+        let Some(found) = self.read(key).await? else {
+            return Ok(false);
+        };
+        self.clock.observe(found.version);
+        let version = self.clock.next();
+        let expires_at_ms = unix_millis() + self.tombstone_ttl.as_millis() as u64;
+        let frames = (0..self.total_shards())
+            .map(|index| {
+                ShardFrame {
+                    key: key.to_owned(),
+                    version,
+                    tombstone: true,
+                    shard_index: index as u8,
+                    data_shards: self.codec.data_shards(),
+                    parity_shards: self.codec.parity_shards(),
+                    expires_at_ms,
+                    value_len: 0,
+                    value_checksum: 0,
+                    payload: Bytes::new(),
+                }
+                .encode()
+            })
+            .collect();
+        self.store_frames(key, frames).await?;
+        Ok(true)
+    }
+
+    /// Sends frame `i` to the key's owner of rank `i`; returns once the write quorum
+    /// acknowledged, or fails once it no longer can.
+    async fn store_frames(&self, key: &str, frames: Vec<Bytes>) -> Result<(), ApiError> {
+        let owners = self.ring.owners(key, frames.len());
+        let total = owners.len();
+        let (results, mut answers) = mpsc::channel(total.max(1));
+        for (owner, frame) in owners.into_iter().zip(frames) {
+            let client = self.client.clone();
+            let owner = owner.to_owned();
+            let results = results.clone();
+            tokio::spawn(async move {
+                let outcome = client.put_shard(&owner, frame).await;
+                let _ = results.send((owner, outcome)).await;
+            });
+        }
+        drop(results);
+        let (mut acknowledged, mut failures) = (0, Vec::new());
+        while let Some((owner, outcome)) = answers.recv().await {
+            match outcome {
+                Ok(PutOutcome::Stored) => acknowledged += 1,
+                Ok(PutOutcome::Superseded(newer)) => {
+                    self.clock.observe(newer);
+                    acknowledged += 1;
+                }
+                Err(error) => {
+                    tracing::debug!(%owner, %error, "shard write failed");
+                    failures.push(format!("{owner}: {error}"));
+                }
+            }
+            if acknowledged >= self.write_quorum {
+                return Ok(());
+            }
+            if failures.len() > total - self.write_quorum {
+                break;
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "write quorum not reached: {acknowledged} of {total} shards stored, {} needed ({})",
+            self.write_quorum,
+            failures.join("; ")
+        )))
+    }
+
+    /// Reads `key`: `Ok(None)` on a miss or a delete, 503 when too few owners answer.
+    pub async fn read(&self, key: &str) -> Result<Option<Found>, ApiError> {
+        let owners = self.ring.owners(key, self.total_shards());
+        let total = owners.len();
+        let (results, mut answers) = mpsc::channel(total.max(1));
+        for owner in owners {
+            let client = self.client.clone();
+            let owner = owner.to_owned();
+            let key = key.to_owned();
+            let results = results.clone();
+            tokio::spawn(async move {
+                let outcome = client.get_shard(&owner, &key).await;
+                let _ = results.send((owner, outcome)).await;
+            });
+        }
+        drop(results);
+        // Answers from this many owners include a shard of every acknowledged write.
+        let read_floor = total + 1 - self.write_quorum.min(total);
+        let mut seen = SeenVersions::default();
+        let now_ms = unix_millis();
+        while let Some((owner, outcome)) = answers.recv().await {
+            match outcome {
+                Ok(Some(frame)) if frame.key != key => {
+                    tracing::warn!(%owner, held = %frame.key, "aux node answered with another key's shard");
+                    seen.failures += 1;
+                }
+                Ok(Some(frame)) if frame.is_expired(now_ms) => seen.answered += 1,
+                Ok(Some(frame)) => {
+                    self.clock.observe(frame.version);
+                    seen.add(frame);
+                }
+                Ok(None) => seen.answered += 1,
+                Err(error) => {
+                    tracing::debug!(%owner, %error, "shard read failed");
+                    seen.failures += 1;
+                }
+            }
+            if seen.answered >= read_floor && seen.newest_is_settled() {
+                break;
+            }
+        }
+        self.decide(key, seen, read_floor)
+    }
+
+    /// Turns the shards a read collected into its answer.
+    fn decide(
+        &self,
+        key: &str,
+        seen: SeenVersions,
+        read_floor: usize,
+    ) -> Result<Option<Found>, ApiError> {
+        let mut undecodable = false;
+        for (version, shards) in seen.versions.into_iter().rev() {
+            if shards.tombstone {
+                return Ok(None);
+            }
+            if shards.frames.len() < shards.needed() {
+                undecodable = true;
+                continue;
+            }
+            let value = self.decode(&shards.frames).map_err(|error| {
+                tracing::error!(key, %version, %error, "stored shards failed verification");
+                ApiError::Unavailable(format!("stored shards of {key:?} failed verification"))
+            })?;
+            return Ok(Some(Found { version, value }));
+        }
+        // Nothing decodable. With every owner answering, partial shards are the
+        // leftovers of a write that never reached its quorum: a miss. Otherwise the
+        // missing owners may hold what would complete them.
+        if (undecodable && seen.failures > 0) || seen.answered < read_floor {
+            return Err(ApiError::Unavailable(format!(
+                "too few aux nodes answered to read {key:?}: {} answered, {} failed",
+                seen.answered, seen.failures
+            )));
+        }
+        Ok(None)
+    }
+
+    fn decode(
+        &self,
+        frames: &[ShardFrame],
+    ) -> Result<Vec<u8>, shardcache_common::codec::CodecError> {
+        let first = &frames[0];
+        let geometry_differs = (first.data_shards, first.parity_shards)
+            != (self.codec.data_shards(), self.codec.parity_shards());
+        // Shards written under another k/m (a reconfigured cluster) decode with their own.
+        let own_codec;
+        let codec = if geometry_differs {
+            own_codec = Codec::new(first.data_shards, first.parity_shards)?;
+            &own_codec
+        } else {
+            &self.codec
+        };
+        let mut shards = vec![None; codec.total_shards()];
+        for frame in frames {
+            shards[usize::from(frame.shard_index)] = Some(frame.payload.to_vec());
+        }
+        codec.decode(shards, first.value_len, first.value_checksum)
+    }
+}
+
+/// What the owners of one key answered, grouped by version.
+#[derive(Default)]
+struct SeenVersions {
+    versions: BTreeMap<Version, VersionShards>,
+    /// Owners that answered (with a shard, a tombstone or "none").
+    answered: usize,
+    /// Owners that failed or timed out.
+    failures: usize,
+}
+
+#[derive(Default)]
+struct VersionShards {
+    tombstone: bool,
+    /// Distinct shard indices of one write; all share its header fields.
+    frames: Vec<ShardFrame>,
+}
+
+impl VersionShards {
+    fn needed(&self) -> usize {
+        self.frames
+            .first()
+            .map_or(usize::MAX, |frame| usize::from(frame.data_shards))
+    }
+}
+
+impl SeenVersions {
+    fn add(&mut self, frame: ShardFrame) {
+        self.answered += 1;
+        let shards = self.versions.entry(frame.version).or_default();
+        if frame.tombstone {
+            shards.tombstone = true;
+            return;
+        }
+        let same_write = |held: &ShardFrame| {
+            (
+                held.value_len,
+                held.value_checksum,
+                held.data_shards,
+                held.parity_shards,
+            ) == (
+                frame.value_len,
+                frame.value_checksum,
+                frame.data_shards,
+                frame.parity_shards,
+            )
+        };
+        let duplicate = shards
+            .frames
+            .iter()
+            .any(|held| held.shard_index == frame.shard_index);
+        if !duplicate && shards.frames.first().is_none_or(same_write) {
+            shards.frames.push(frame);
+        }
+    }
+
+    /// Whether the newest version seen so far can be answered with: a tombstone, or
+    /// enough shards to decode. A miss is never settled early: owners that lost their
+    /// data (restarted empty) answer "none" fastest, so a miss waits for every owner.
+    fn newest_is_settled(&self) -> bool {
+        self.versions
+            .last_key_value()
+            .is_some_and(|(_, shards)| shards.tombstone || shards.frames.len() >= shards.needed())
+    }
+}
