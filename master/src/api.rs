@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method, Uri};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -57,6 +58,10 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.limits.max_body_bytes,
+            reject_declared_oversize,
+        ))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
 }
@@ -135,6 +140,28 @@ async fn delete_value(
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json((*state.summary).clone())
+}
+
+/// Answers 413 from the `Content-Length` header alone, before any of the body is read
+/// (a client sending `Expect: 100-continue`, as curl does for large uploads, then
+/// never sends it). Bodies without a length are cut off by `DefaultBodyLimit`.
+async fn reject_declared_oversize(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => ApiError::PayloadTooLarge(format!(
+            "request body of {length} bytes is over the {limit}-byte limit"
+        ))
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 async fn empty_key() -> ApiError {

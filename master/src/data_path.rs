@@ -9,11 +9,11 @@
 //! **Read.** Ask every owner for its shard. Group the answers by version; the newest
 //! version with `k` shards is decoded (a plain concatenation when the `k` data shards
 //! are there) and checked against the value checksum in its frames. A tombstone
-//! newer than it means "deleted". The read stops waiting as soon as at least
-//! `k + m - W + 1` owners have answered — enough to include a shard of every
-//! acknowledged write — and the newest version seen is decodable (or a tombstone),
-//! so a dead or hung owner costs nothing once `k` others answered. A miss waits for
-//! every owner (or its timeout) before it says 404.
+//! newer than it means "deleted". The read stops waiting once enough owners have
+//! answered to be sure it has seen every acknowledged write (see [`ReadFloors`]:
+//! all but one owner for 3+2) and the newest version seen is decodable or a
+//! tombstone, so one dead or hung owner costs nothing. A miss waits for every owner
+//! (or its timeout) before it says 404.
 //!
 //! **Delete.** A read (so a missing key answers 404), then a tombstone with a newer
 //! version to every owner, acknowledged at the same quorum as a write.
@@ -35,6 +35,19 @@ use shardcache_common::version::{HybridClock, Version};
 use tokio::sync::mpsc;
 
 use crate::error::ApiError;
+
+/// How often a read that found only partial versions (racing writers) is retried.
+const PARTIAL_READ_RETRIES: u32 = 4;
+
+/// What one round of a read found.
+enum ReadOutcome {
+    Value(Found),
+    /// No value: never written, expired, or deleted (a tombstone is newest).
+    Absent,
+    /// Every owner answered, but no version had `k` shards.
+    Partial,
+    Unavailable(String),
+}
 
 /// A value read back, with the version that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,7 +196,30 @@ impl DataPath {
     }
 
     /// Reads `key`: `Ok(None)` on a miss or a delete, 503 when too few owners answer.
+    ///
+    /// Owners hold one version each, so while writers race on a key the owners can
+    /// hold shards of several versions with none at `k` yet. Such a read is retried a
+    /// few times, briefly, before it counts as a miss.
     pub async fn read(&self, key: &str) -> Result<Option<Found>, ApiError> {
+        let mut backoff = Duration::from_millis(2);
+        for attempt in 0.. {
+            match self.read_once(key).await {
+                ReadOutcome::Value(found) => return Ok(Some(found)),
+                ReadOutcome::Absent => return Ok(None),
+                ReadOutcome::Partial if attempt < PARTIAL_READ_RETRIES => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                // Leftovers of a write that never reached its quorum: a miss.
+                ReadOutcome::Partial => return Ok(None),
+                ReadOutcome::Unavailable(reason) => return Err(ApiError::Unavailable(reason)),
+            }
+        }
+        unreachable!("the retry loop always returns")
+    }
+
+    /// One round of asking every owner of `key` for its shard.
+    async fn read_once(&self, key: &str) -> ReadOutcome {
         let owners = self.ring.owners(key, self.total_shards());
         let total = owners.len();
         let (results, mut answers) = mpsc::channel(total.max(1));
@@ -198,8 +234,11 @@ impl DataPath {
             });
         }
         drop(results);
-        // Answers from this many owners include a shard of every acknowledged write.
-        let read_floor = total + 1 - self.write_quorum.min(total);
+        let floors = ReadFloors::new(
+            total,
+            self.write_quorum,
+            usize::from(self.codec.parity_shards()),
+        );
         let mut seen = SeenVersions::default();
         let now_ms = unix_millis();
         while let Some((owner, outcome)) = answers.recv().await {
@@ -219,45 +258,46 @@ impl DataPath {
                     seen.failures += 1;
                 }
             }
-            if seen.answered >= read_floor && seen.newest_is_settled() {
+            if seen.answered >= floors.settle && seen.newest_is_settled() {
                 break;
             }
         }
-        self.decide(key, seen, read_floor)
+        self.decide(key, seen, floors)
     }
 
-    /// Turns the shards a read collected into its answer.
-    fn decide(
-        &self,
-        key: &str,
-        seen: SeenVersions,
-        read_floor: usize,
-    ) -> Result<Option<Found>, ApiError> {
-        let mut undecodable = false;
+    /// Turns the shards a read collected into its answer: the newest decodable
+    /// version, unless a newer tombstone says the key was deleted.
+    fn decide(&self, key: &str, seen: SeenVersions, floors: ReadFloors) -> ReadOutcome {
+        let mut partial = false;
         for (version, shards) in seen.versions.into_iter().rev() {
             if shards.tombstone {
-                return Ok(None);
+                return ReadOutcome::Absent;
             }
             if shards.frames.len() < shards.needed() {
-                undecodable = true;
+                partial = true;
                 continue;
             }
-            let value = self.decode(&shards.frames).map_err(|error| {
-                tracing::error!(key, %version, %error, "stored shards failed verification");
-                ApiError::Unavailable(format!("stored shards of {key:?} failed verification"))
-            })?;
-            return Ok(Some(Found { version, value }));
+            return match self.decode(&shards.frames) {
+                Ok(value) => ReadOutcome::Value(Found { version, value }),
+                Err(error) => {
+                    tracing::error!(key, %version, %error, "stored shards failed verification");
+                    ReadOutcome::Unavailable(format!(
+                        "stored shards of {key:?} failed verification"
+                    ))
+                }
+            };
         }
-        // Nothing decodable. With every owner answering, partial shards are the
-        // leftovers of a write that never reached its quorum: a miss. Otherwise the
-        // missing owners may hold what would complete them.
-        if (undecodable && seen.failures > 0) || seen.answered < read_floor {
-            return Err(ApiError::Unavailable(format!(
+        // Nothing decodable. Owners that did not answer may hold what is missing.
+        if (partial && seen.failures > 0) || seen.answered < floors.miss {
+            return ReadOutcome::Unavailable(format!(
                 "too few aux nodes answered to read {key:?}: {} answered, {} failed",
                 seen.answered, seen.failures
-            )));
+            ));
         }
-        Ok(None)
+        match partial {
+            true => ReadOutcome::Partial,
+            false => ReadOutcome::Absent,
+        }
     }
 
     fn decode(
@@ -280,6 +320,34 @@ impl DataPath {
             shards[usize::from(frame.shard_index)] = Some(frame.payload.to_vec());
         }
         codec.decode(shards, first.value_len, first.value_checksum)
+    }
+}
+
+/// How many owners must have answered before a read may conclude.
+///
+/// An acknowledged write (or delete) reached `W` owners. If up to `m` of those later
+/// lose it (restarted empty, or restored from an older snapshot, possibly holding an
+/// older version), `W - m` still hold it, so hearing from `n - (W - m) + 1` owners
+/// guarantees seeing it: only then may the newest version seen be trusted without
+/// waiting for the rest. With `k + m` owners and `W = k + 1` that is all but one,
+/// so one slow or hung owner still costs nothing.
+#[derive(Clone, Copy, Debug)]
+struct ReadFloors {
+    /// Answers after which a decodable newest version (or tombstone) is returned.
+    settle: usize,
+    /// Answers needed for a miss to be a 404 rather than a 503: enough to include a
+    /// shard of every acknowledged write while no owner has lost data.
+    miss: usize,
+}
+
+impl ReadFloors {
+    fn new(owners: usize, write_quorum: usize, parity_shards: usize) -> Self {
+        let write_quorum = write_quorum.min(owners);
+        let survivors = write_quorum.saturating_sub(parity_shards).max(1);
+        ReadFloors {
+            settle: owners + 1 - survivors,
+            miss: owners + 1 - write_quorum,
+        }
     }
 }
 

@@ -1,1 +1,13 @@
-fn main() {}
+//! Cluster tests: real `shardcache` master and aux processes on loopback ports picked
+//! at run time, started through the same harness as `shardcache up`, killed with
+//! SIGKILL, paused with SIGSTOP and restarted. Every value is checked byte for byte.
+//!
+//! One test binary (one link) with a module per theme; [`support`] has the shared
+//! client helpers and `wait_until`.
+
+mod bad_input;
+mod concurrency;
+mod config_errors;
+mod data_path;
+mod failures;
+mod support;

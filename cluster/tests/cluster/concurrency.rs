@@ -1,0 +1,94 @@
+//! Concurrent writers to one key: every read returns exactly one written value.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+
+use crate::support::{random_value, TestCluster};
+
+const WRITERS: usize = 8;
+const WRITES_EACH: usize = 40;
+const READERS: usize = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_produce_a_torn_value() {
+    let cluster = Arc::new(TestCluster::start());
+    let key = "contended";
+    // Every value any writer will write, each of a different length so that shards
+    // of different writes could be mixed up if versions were ignored.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let values: Vec<Vec<String>> = (0..WRITERS)
+        .map(|writer| {
+            (0..WRITES_EACH)
+                .map(|i| {
+                    format!("writer {writer} write {i}: {}", {
+                        let len = rng.random_range(10..20_000);
+                        random_value(&mut rng, len)
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let written: Arc<HashSet<String>> = Arc::new(values.iter().flatten().cloned().collect());
+    let first_ack = Arc::new(AtomicBool::new(false));
+    let writers_done = Arc::new(AtomicUsize::new(0));
+
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let (cluster, written, first_ack, writers_done) = (
+            cluster.clone(),
+            written.clone(),
+            first_ack.clone(),
+            writers_done.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0usize;
+            while writers_done.load(Ordering::Acquire) < WRITERS {
+                let acked_before = first_ack.load(Ordering::Acquire);
+                let (status, body) = cluster.get(key).await;
+                match status {
+                    StatusCode::OK => {
+                        let value = body["value"].as_str().unwrap();
+                        assert!(
+                            written.contains(value),
+                            "read a value nobody wrote ({} bytes)",
+                            value.len()
+                        );
+                    }
+                    StatusCode::NOT_FOUND => {
+                        assert!(!acked_before, "a miss after a write was acknowledged")
+                    }
+                    other => panic!("read answered {other}: {body}"),
+                }
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    let mut writers = Vec::new();
+    for own_values in values {
+        let (cluster, first_ack, writers_done) =
+            (cluster.clone(), first_ack.clone(), writers_done.clone());
+        writers.push(tokio::spawn(async move {
+            for value in own_values {
+                let (status, body) = cluster.set(key, &value).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                first_ack.store(true, Ordering::Release);
+            }
+            writers_done.fetch_add(1, Ordering::Release);
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let mut total_reads = 0;
+    for reader in readers {
+        total_reads += reader.await.unwrap();
+    }
+    assert!(total_reads > 0, "the readers ran");
+    let last = cluster.value(key).await.expect("the key holds a value");
+    assert!(written.contains(&last));
+}

@@ -1,0 +1,135 @@
+//! The happy path at scale: set, get, overwrite, delete and TTL, byte-exact.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::{stream, StreamExt};
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::{random_value, wait_until, TestCluster};
+
+const KEYS: usize = 1000;
+const MAX_VALUE_BYTES: usize = 256 * 1024;
+const CONCURRENCY: usize = 16;
+
+/// Writes every `(key, value)` with bounded concurrency, asserting each is acknowledged.
+async fn write_all(cluster: &TestCluster, entries: &[(String, String)]) {
+    stream::iter(entries)
+        .for_each_concurrent(CONCURRENCY, |(key, value)| async move {
+            let (status, body) = cluster.set(key, value).await;
+            assert_eq!(status, StatusCode::OK, "set {key}: {body}");
+            assert_eq!(body["key"], key.as_str());
+            assert!(
+                body["version"].is_string(),
+                "the ack names the version: {body}"
+            );
+        })
+        .await;
+}
+
+/// Reads every key back and compares it with `expected` (`None` = must be a miss).
+async fn check_all(cluster: &TestCluster, expected: &HashMap<String, Option<String>>) {
+    stream::iter(expected)
+        .for_each_concurrent(CONCURRENCY, |(key, value)| async move {
+            let got = cluster.value(key).await;
+            assert!(
+                got == *value,
+                "key {key}: got {} bytes, expected {} bytes",
+                got.as_ref().map_or(0, String::len),
+                value.as_ref().map_or(0, String::len)
+            );
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_get_overwrite_delete_a_thousand_keys_byte_exact() {
+    let cluster = TestCluster::start();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    // Edge sizes first (empty, smaller than k, exactly k, k+1), then random up to 256 KiB.
+    let entries: Vec<(String, String)> = (0..KEYS)
+        .map(|i| {
+            let len = if i < 6 {
+                i
+            } else {
+                rng.random_range(0..=MAX_VALUE_BYTES)
+            };
+            (format!("key-{i} 🍒/{i}?#%"), random_value(&mut rng, len))
+        })
+        .collect();
+    write_all(&cluster, &entries).await;
+    let mut expected: HashMap<String, Option<String>> = entries
+        .iter()
+        .map(|(key, value)| (key.clone(), Some(value.clone())))
+        .collect();
+    check_all(&cluster, &expected).await;
+
+    // Overwrite every third key with a value of another size.
+    let overwrites: Vec<(String, String)> = entries
+        .iter()
+        .step_by(3)
+        .map(|(key, _)| {
+            (key.clone(), {
+                let len = rng.random_range(0..=MAX_VALUE_BYTES);
+                random_value(&mut rng, len)
+            })
+        })
+        .collect();
+    write_all(&cluster, &overwrites).await;
+    for (key, value) in &overwrites {
+        expected.insert(key.clone(), Some(value.clone()));
+    }
+
+    // Delete every fifth key; a second delete of the same key is a 404.
+    for (key, _) in entries.iter().skip(1).step_by(5) {
+        let (status, body) = cluster.delete(key).await;
+        assert_eq!(status, StatusCode::OK, "delete {key}: {body}");
+        assert_eq!(body, json!({ "key": key, "deleted": true }));
+        expected.insert(key.clone(), None);
+    }
+    let (status, body) = cluster.delete(&entries[1].0).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body["error"].is_string());
+    check_all(&cluster, &expected).await;
+
+    // A deleted key can be written again.
+    let (status, _) = cluster.set(&entries[1].0, "back again").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        cluster.value(&entries[1].0).await.as_deref(),
+        Some("back again")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_expire_after_their_ttl_and_others_do_not() {
+    let cluster = TestCluster::start_with(|spec| {
+        spec.aux_args
+            .extend(["--sweep-interval".into(), "100ms".into()])
+    });
+    let (status, body) = cluster
+        .post_json(&json!({ "key": "short", "value": "lived", "ttl": 1 }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = cluster
+        .post_json(&json!({ "key": "long", "value": "lived", "ttl": 3600 }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = cluster
+        .post_json(&json!({ "key": "forever", "value": "lived", "ttl": null }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cluster.value("short").await.as_deref(), Some("lived"));
+    wait_until(
+        "the short-lived key to expire",
+        Duration::from_secs(10),
+        || async { cluster.value("short").await.is_none() },
+    )
+    .await;
+    // The sweeper reclaims the expired shards: only the other two keys' shards remain.
+    cluster.wait_for_aux_items(2 * 5).await;
+    assert_eq!(cluster.value("long").await.as_deref(), Some("lived"));
+    assert_eq!(cluster.value("forever").await.as_deref(), Some("lived"));
+}

@@ -1,0 +1,189 @@
+//! Node failures: SIGKILL, SIGSTOP, and nodes that come back holding stale shards.
+
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use nix::sys::signal::Signal;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+
+use crate::support::{random_value, TestCluster};
+
+const SHARDS_PER_KEY: u64 = 5;
+
+async fn write_keys(cluster: &TestCluster, count: usize, max_len: usize) -> Vec<(String, String)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(count as u64);
+    let entries: Vec<(String, String)> = (0..count)
+        .map(|i| {
+            (format!("survivor-{i}"), {
+                let len = rng.random_range(0..=max_len);
+                random_value(&mut rng, len)
+            })
+        })
+        .collect();
+    stream::iter(&entries)
+        .for_each_concurrent(16, |(key, value)| async move {
+            let (status, body) = cluster.set(key, value).await;
+            assert_eq!(status, StatusCode::OK, "set {key}: {body}");
+        })
+        .await;
+    entries
+}
+
+async fn assert_all_readable(cluster: &TestCluster, entries: &[(String, String)]) {
+    stream::iter(entries)
+        .for_each_concurrent(16, |(key, value)| async move {
+            let (status, body) = cluster.get(key).await;
+            assert_eq!(status, StatusCode::OK, "get {key}: {body}");
+            assert!(body["value"] == value.as_str(), "{key}: wrong bytes");
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_survives_sigkill_of_m_aux_nodes() {
+    let mut cluster = TestCluster::start();
+    let entries = write_keys(&cluster, 1000, 16 * 1024).await;
+    // Acknowledged at k+1 shards; wait for the in-flight (k+m)th shards to land.
+    cluster.wait_for_aux_items(1000 * SHARDS_PER_KEY).await;
+    cluster.cluster.aux[1].kill();
+    cluster.cluster.aux[4].kill();
+    assert_all_readable(&cluster, &entries).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_aux_node_costs_at_most_one_timeout() {
+    let timeout = Duration::from_millis(300);
+    let cluster = TestCluster::start_with(|spec| {
+        spec.master_args
+            .extend(["--shard-timeout".into(), "300ms".into()]);
+    });
+    let entries = write_keys(&cluster, 200, 4096).await;
+    cluster.wait_for_aux_items(200 * SHARDS_PER_KEY).await;
+    cluster.cluster.aux[0].signal(Signal::SIGSTOP).unwrap();
+
+    let slowest_allowed = timeout + Duration::from_millis(700);
+    for (key, value) in entries.iter().take(100) {
+        let started = Instant::now();
+        assert_eq!(
+            cluster.value(key).await.as_deref(),
+            Some(value.as_str()),
+            "{key}"
+        );
+        assert!(
+            started.elapsed() < slowest_allowed,
+            "read of {key} took {:?}",
+            started.elapsed()
+        );
+    }
+    // Writes keep succeeding too: four of the five owners are enough for the quorum.
+    for (key, _) in entries.iter().skip(100).take(50) {
+        let started = Instant::now();
+        let (status, body) = cluster.set(key, "written while aux-0 was stopped").await;
+        assert_eq!(status, StatusCode::OK, "{key}: {body}");
+        assert!(
+            started.elapsed() < slowest_allowed,
+            "write of {key} took {:?}",
+            started.elapsed()
+        );
+    }
+
+    cluster.cluster.aux[0].signal(Signal::SIGCONT).unwrap();
+    for (key, value) in entries.iter().take(100) {
+        assert_eq!(cluster.value(key).await.as_deref(), Some(value.as_str()));
+    }
+    for (key, _) in entries.iter().skip(100).take(50) {
+        assert_eq!(
+            cluster.value(key).await.as_deref(),
+            Some("written while aux-0 was stopped")
+        );
+    }
+}
+
+/// Raw frame bytes an aux node holds for `key`, straight from its API.
+async fn aux_frame(cluster: &TestCluster, aux: usize, key: &str) -> bytes::Bytes {
+    let addr = cluster.cluster.aux[aux].addr;
+    let response = cluster
+        .http
+        .get(format!(
+            "http://{addr}{}",
+            shardcache_common::wire::shard_path(key)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "aux-{aux} holds a shard of {key}"
+    );
+    response.bytes().await.unwrap()
+}
+
+async fn put_frame(cluster: &TestCluster, aux: usize, frame: bytes::Bytes) {
+    let addr = cluster.cluster.aux[aux].addr;
+    let response = cluster
+        .http
+        .put(format!(
+            "http://{addr}{}",
+            shardcache_common::wire::SHARDS_PATH
+        ))
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+}
+
+/// `k` owners come back holding the old value's shards (as a restore from an old
+/// snapshot would leave them) while the other `m` hold the delete's tombstones.
+/// Without tombstones winning by version, the `k` stale shards would decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_is_not_undone_by_nodes_returning_with_stale_shards() {
+    let mut cluster = TestCluster::start();
+    let key = "deleted fruit";
+    let (status, _) = cluster.set(key, "cherry").await;
+    assert_eq!(status, StatusCode::OK);
+    cluster.wait_for_aux_items(SHARDS_PER_KEY).await;
+    let owners = cluster.owners(key);
+    let stale = &owners[..3];
+    let mut old_frames = Vec::new();
+    for &aux in stale {
+        old_frames.push(aux_frame(&cluster, aux, key).await);
+    }
+
+    // The first stale owner is down during the delete and misses it.
+    cluster.cluster.aux[stale[0]].kill();
+    let (status, body) = cluster.delete(key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Each stale owner in turn crashes and comes back with only the old shard.
+    for (&aux, frame) in stale.iter().zip(old_frames) {
+        cluster.cluster.restart_aux(aux).unwrap();
+        put_frame(&cluster, aux, frame).await;
+    }
+    assert_eq!(
+        cluster.value(key).await,
+        None,
+        "the deleted value came back"
+    );
+    let (status, body) = cluster.delete(key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+/// An aux node that was paused while a key was overwritten holds the old version;
+/// once it resumes, reads still return the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_node_with_an_old_version_never_wins() {
+    let cluster = TestCluster::start();
+    let key = "fruit";
+    cluster.set(key, "apple").await;
+    cluster.wait_for_aux_items(SHARDS_PER_KEY).await;
+    let paused = cluster.owners(key)[0];
+    cluster.cluster.aux[paused].signal(Signal::SIGSTOP).unwrap();
+    let (status, _) = cluster.set(key, "banana").await;
+    assert_eq!(status, StatusCode::OK);
+    cluster.cluster.aux[paused].signal(Signal::SIGCONT).unwrap();
+    for _ in 0..20 {
+        assert_eq!(cluster.value(key).await.as_deref(), Some("banana"));
+    }
+}
