@@ -193,3 +193,87 @@ fn validate_key(key: &str, limits: &Limits) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use clap::Parser;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A master whose aux nodes all refuse connections (nothing listens on port 1–6).
+    fn master_without_aux_nodes() -> Router {
+        let config = MasterConfig::parse_from([
+            "shardcache-master",
+            "--aux",
+            "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4,127.0.0.1:5,127.0.0.1:6",
+            "--shard-timeout",
+            "200ms",
+        ]);
+        app(crate::state_from_config(&config).unwrap())
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn unreachable_aux_nodes_are_a_503_with_a_json_error_never_a_500() {
+        let app = master_without_aux_nodes();
+        let (status, body) = call(&app, "GET", "/data/fruit", "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too few aux nodes answered"));
+        let (status, body) =
+            call(&app, "POST", "/data", r#"{"key":"fruit","value":"cherry"}"#).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("write quorum not reached"));
+        let (status, _) = call(&app, "DELETE", "/data/fruit", "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn health_describes_the_geometry() {
+        let (status, body) = call(&master_without_aux_nodes(), "GET", "/health", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ok");
+        assert_eq!(
+            (body["data_shards"].as_u64(), body["parity_shards"].as_u64()),
+            (Some(3), Some(2))
+        );
+        assert_eq!(body["write_quorum"], 4);
+        assert_eq!(body["aux_nodes"].as_array().unwrap().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn input_is_validated_before_any_aux_node_is_asked() {
+        let app = master_without_aux_nodes();
+        let (status, _) = call(&app, "POST", "/data", r#"{"key":"","value":"v"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = call(&app, "POST", "/data", r#"{"key":"k","value":"v","ttl":0}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let long_key = "k".repeat(1025);
+        let (status, _) = call(&app, "GET", &format!("/data/{long_key}"), "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+}

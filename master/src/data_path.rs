@@ -415,3 +415,69 @@ impl SeenVersions {
             .is_some_and(|(_, shards)| shards.tombstone || shards.frames.len() >= shards.needed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_floors_tolerate_m_lost_owners_and_one_slow_one() {
+        // 3+2, W=4: trust the newest version after 4 answers; a miss needs 2.
+        let floors = ReadFloors::new(5, 4, 2);
+        assert_eq!((floors.settle, floors.miss), (4, 2));
+        // 1+2 replication, W=2: all 3 owners before trusting; a miss needs 2.
+        let floors = ReadFloors::new(3, 2, 2);
+        assert_eq!((floors.settle, floors.miss), (3, 2));
+        // W = k+m: every owner has every acknowledged write.
+        let floors = ReadFloors::new(5, 5, 2);
+        assert_eq!((floors.settle, floors.miss), (3, 1));
+    }
+
+    fn frame(timestamp: u64, index: u8, tombstone: bool) -> ShardFrame {
+        ShardFrame {
+            key: "k".into(),
+            version: Version {
+                timestamp,
+                writer: 1,
+            },
+            tombstone,
+            shard_index: index,
+            data_shards: 3,
+            parity_shards: 2,
+            expires_at_ms: 0,
+            value_len: if tombstone { 0 } else { 3 },
+            value_checksum: 0,
+            payload: if tombstone {
+                Bytes::new()
+            } else {
+                Bytes::from_static(b"x")
+            },
+        }
+    }
+
+    #[test]
+    fn the_newest_version_settles_only_once_decodable_or_deleted() {
+        let mut seen = SeenVersions::default();
+        assert!(
+            !seen.newest_is_settled(),
+            "nothing seen is never settled early"
+        );
+        seen.add(frame(1, 0, false));
+        seen.add(frame(1, 1, false));
+        seen.add(frame(1, 1, false));
+        assert!(
+            !seen.newest_is_settled(),
+            "a duplicate index does not count twice"
+        );
+        seen.add(frame(1, 2, false));
+        assert!(seen.newest_is_settled());
+        seen.add(frame(2, 0, false));
+        assert!(
+            !seen.newest_is_settled(),
+            "a newer partial version is not settled"
+        );
+        seen.add(frame(3, 4, true));
+        assert!(seen.newest_is_settled(), "a newer tombstone is");
+        assert_eq!(seen.answered, 6);
+    }
+}
