@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shardcache_common::runtime::{self, Shutdown};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -41,11 +42,11 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
     let store = Arc::new(ShardStore::new(config.capacity.bytes()));
-    let stop = CancellationToken::new();
+    let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
     let sweeper = tokio::spawn(sweep_expired(
         store.clone(),
         config.sweep_interval.0,
-        stop.clone(),
+        shutdown.token(),
     ));
     let state = AuxState {
         store,
@@ -57,37 +58,23 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         "aux node serving"
     );
-    let stopping = stop.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        stopping.cancel();
-    });
-    let drained = async {
-        stop.cancelled().await;
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-    };
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.requested());
     tokio::select! {
         result = server => result.context("serve aux API")?,
-        () = drained => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, exiting"),
+        () = shutdown.drain_deadline() => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, exiting"),
     }
-    stop.cancel();
+    shutdown.token().cancel();
     let _ = sweeper.await;
     Ok(())
 }
 
 /// Binds `config.listen`, prints `listening on ADDR` and serves until Ctrl-C/SIGTERM.
 pub async fn serve(config: AuxConfig) -> anyhow::Result<()> {
-    let listener = shardcache_common::runtime::bind(config.listen)
+    let listener = runtime::bind_and_announce(config.listen)
         .await
         .map_err(anyhow::Error::msg)?;
-    shardcache_common::runtime::announce(&listener)?;
-    let stop_with_parent = config.stop_with_parent;
-    run(
-        config,
-        listener,
-        shardcache_common::runtime::shutdown_signal(stop_with_parent),
-    )
-    .await
+    let signal = runtime::shutdown_signal(config.stop_with_parent);
+    run(config, listener, signal).await
 }
 
 /// Background worker: reclaims the memory of expired shards every `interval`.

@@ -1,9 +1,13 @@
 //! Process plumbing shared by every shardcache binary: logging, binding the listener
-//! with a clear error, announcing the bound address, and the shutdown signal.
+//! with a clear error, announcing the bound address, the shutdown signal and the
+//! graceful-shutdown deadline.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Logs to stderr, filtered by `SHARDCACHE_LOG` (then `RUST_LOG`), `info` by default.
@@ -18,24 +22,60 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Binds `addr`, turning the usual failures into one line an operator can act on.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
+/// Binds `addr` and prints the one stdout line `listening on ADDR` (the launcher and
+/// the test harness read it to learn the port when a node was started on port 0).
+/// The usual failures become one line an operator can act on.
+pub async fn bind_and_announce(addr: SocketAddr) -> Result<TcpListener, String> {
+    let listener = TcpListener::bind(addr)
         .await
         .map_err(|error| match error.kind() {
             std::io::ErrorKind::AddrInUse => {
                 format!("cannot listen on {addr}: address already in use")
             }
             _ => format!("cannot listen on {addr}: {error}"),
-        })
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the address bound for {addr}: {error}"))?;
+    println!("listening on {bound}");
+    Ok(listener)
 }
 
-/// Prints the one stdout line `listening on ADDR`. The launcher and the test harness
-/// read it to learn the port when a node was started on port 0.
-pub fn announce(listener: &TcpListener) -> std::io::Result<SocketAddr> {
-    let addr = listener.local_addr()?;
-    println!("listening on {addr}");
-    Ok(addr)
+/// A server's shutdown in two steps: [`Shutdown::requested`] resolves when the signal
+/// arrives (hand it to `with_graceful_shutdown`); [`Shutdown::drain_deadline`]
+/// resolves `drain` later, to `select!` against the server so that lingering client
+/// connections cannot keep the process alive. [`Shutdown::token`] stops workers.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    token: CancellationToken,
+    drain: Duration,
+}
+
+impl Shutdown {
+    /// Watches `signal` in a task of its own; must be called inside a runtime.
+    pub fn new(signal: impl Future<Output = ()> + Send + 'static, drain: Duration) -> Self {
+        let token = CancellationToken::new();
+        let on_signal = token.clone();
+        tokio::spawn(async move {
+            signal.await;
+            on_signal.cancel();
+        });
+        Shutdown { token, drain }
+    }
+
+    /// Cancelled once shutdown is requested (or [`Shutdown::token`] is cancelled).
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    pub fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.token.clone().cancelled_owned()
+    }
+
+    pub async fn drain_deadline(&self) {
+        self.token.cancelled().await;
+        tokio::time::sleep(self.drain).await;
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM, or, when `stop_with_parent` is set, when standard

@@ -25,6 +25,7 @@ use anyhow::Context;
 use shardcache_common::aux_client::AuxClient;
 use shardcache_common::codec::Codec;
 use shardcache_common::ring::{Ring, DEFAULT_VNODES};
+use shardcache_common::runtime::{self, Shutdown};
 use tokio::net::TcpListener;
 
 pub use api::{app, AppState};
@@ -83,21 +84,11 @@ pub async fn run(
         write_quorum = config.write_quorum(),
         "master serving"
     );
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopped_tx.send(());
-    });
-    let drained = async {
-        if stopped_rx.await.is_ok() {
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
+    let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.requested());
     tokio::select! {
         result = server => result.context("serve client API")?,
-        () = drained => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, exiting"),
+        () = shutdown.drain_deadline() => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, exiting"),
     }
     Ok(())
 }
@@ -106,15 +97,9 @@ pub async fn run(
 /// and serves until Ctrl-C/SIGTERM.
 pub async fn serve(config: MasterConfig) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let listener = shardcache_common::runtime::bind(config.listen)
+    let listener = runtime::bind_and_announce(config.listen)
         .await
         .map_err(anyhow::Error::msg)?;
-    shardcache_common::runtime::announce(&listener)?;
-    let stop_with_parent = config.stop_with_parent;
-    run(
-        config,
-        listener,
-        shardcache_common::runtime::shutdown_signal(stop_with_parent),
-    )
-    .await
+    let signal = runtime::shutdown_signal(config.stop_with_parent);
+    run(config, listener, signal).await
 }
