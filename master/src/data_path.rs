@@ -105,16 +105,11 @@ impl DataPath {
             .enumerate()
             .map(|(index, shard)| {
                 ShardFrame {
-                    key: key.to_owned(),
-                    version,
                     tombstone: false,
-                    shard_index: index as u8,
-                    data_shards: self.codec.data_shards(),
-                    parity_shards: self.codec.parity_shards(),
-                    expires_at_ms,
                     value_len: value.len() as u64,
                     value_checksum: checksum,
                     payload: Bytes::from(shard),
+                    ..self.tombstone_frame(key, version, index, expires_at_ms)
                 }
                 .encode()
             })
@@ -133,23 +128,35 @@ impl DataPath {
         let expires_at_ms = unix_millis() + self.tombstone_ttl.as_millis() as u64;
         let frames = (0..self.total_shards())
             .map(|index| {
-                ShardFrame {
-                    key: key.to_owned(),
-                    version,
-                    tombstone: true,
-                    shard_index: index as u8,
-                    data_shards: self.codec.data_shards(),
-                    parity_shards: self.codec.parity_shards(),
-                    expires_at_ms,
-                    value_len: 0,
-                    value_checksum: 0,
-                    payload: Bytes::new(),
-                }
-                .encode()
+                self.tombstone_frame(key, version, index, expires_at_ms)
+                    .encode()
             })
             .collect();
         self.store_frames(key, frames).await?;
         Ok(true)
+    }
+
+    /// The tombstone for shard `index` of `key` at `version`; a write's shard frames
+    /// are this plus the value's length, checksum and payload.
+    fn tombstone_frame(
+        &self,
+        key: &str,
+        version: Version,
+        index: usize,
+        expires_at_ms: u64,
+    ) -> ShardFrame {
+        ShardFrame {
+            key: key.to_owned(),
+            version,
+            tombstone: true,
+            shard_index: index as u8,
+            data_shards: self.codec.data_shards(),
+            parity_shards: self.codec.parity_shards(),
+            expires_at_ms,
+            value_len: 0,
+            value_checksum: 0,
+            payload: Bytes::new(),
+        }
     }
 
     /// Sends frame `i` to the key's owner of rank `i`; returns once the write quorum
