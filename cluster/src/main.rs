@@ -16,6 +16,8 @@ enum Command {
     Master(shardcache_master::MasterConfig),
     /// Run one aux node.
     Aux(shardcache_aux::AuxConfig),
+    /// Measure throughput, latency and memory: erasure coding vs replication vs bare axum.
+    Bench(shardcache::bench::BenchArgs),
 }
 
 fn main() {
@@ -23,6 +25,7 @@ fn main() {
     shardcache_common::runtime::init_logging();
     let result = match command {
         Command::Up(args) => shardcache::up::up(args),
+        Command::Bench(args) => shardcache::bench::bench(args),
         Command::Master(config) => {
             shardcache_common::runtime::block_on(shardcache_master::serve(config))
         }

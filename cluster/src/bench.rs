@@ -1,0 +1,268 @@
+//! `shardcache bench`: measures the data path side by side in one run.
+//!
+//! For each coding geometry (3+2 erasure coding and 1+2, which is 3-way
+//! replication on the same code path) it starts a fresh local cluster, preloads
+//! keys, then drives GETs and SETs through one master with a fixed number of
+//! concurrent keep-alive connections for a fixed time. As the baseline it drives the
+//! same master's `/health`, a bare axum GET handler in the same process. It reports
+//! throughput, latency percentiles, and the aux nodes' shard bytes per user byte, as
+//! ratios, and writes the report to a file. Load loops are bounded in time and count.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::{stream, StreamExt};
+use rand::Rng;
+use shardcache_common::units::{ByteSize, HumanDuration};
+
+use crate::harness::{ClusterSpec, LocalCluster};
+
+/// Measure GET/SET throughput, latency and memory of erasure coding vs replication.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// How long each load phase runs.
+    #[arg(long, default_value = "5s")]
+    pub duration: HumanDuration,
+    /// Concurrent keep-alive connections driving load.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Size of every value.
+    #[arg(long, default_value = "1KiB")]
+    pub value_size: ByteSize,
+    /// Keys preloaded and then read at random.
+    #[arg(long, default_value_t = 2000)]
+    pub keys: usize,
+    /// Where the report is written (it is printed too).
+    #[arg(long, default_value = "data/bench/results.md")]
+    pub output: PathBuf,
+}
+
+/// Most requests one load phase may send, whatever its duration.
+const MAX_REQUESTS_PER_PHASE: usize = 2_000_000;
+
+/// Throughput and latency of one load phase.
+struct Phase {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Phase {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, fraction: f64) -> Duration {
+        let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
+        self.latencies.get(index).copied().unwrap_or_default()
+    }
+
+    fn row(&self, name: &str, baseline: f64) -> String {
+        format!(
+            "| {name} | {:.0} | {:.2} | {:.2} ms | {:.2} ms | {} |",
+            self.per_second(),
+            self.per_second() / baseline,
+            self.percentile(0.5).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+            self.errors
+        )
+    }
+}
+
+/// Runs the benchmark and writes its report.
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("find the shardcache executable")?;
+    let command: Vec<String> = std::env::args().collect();
+    let mut report = format!(
+        "# shardcache bench\n\ncommand: `{}`\n\n{} concurrent connections, {} per phase, {} values, {} keys, {} cores\n\n",
+        command.join(" "),
+        args.concurrency,
+        args.duration,
+        args.value_size,
+        args.keys,
+        std::thread::available_parallelism().map_or(0, usize::from),
+    );
+    report.push_str(
+        "| phase | requests/s | × bare axum | p50 | p99 | errors |\n|---|---|---|---|---|---|\n",
+    );
+    let mut memory = Vec::new();
+    let mut baseline = None;
+    for (k, m) in [(3u8, 2u8), (1, 2)] {
+        let data_dir = tempfile::tempdir().context("create temp dir")?;
+        let mut spec = ClusterSpec::new(data_dir.path());
+        (spec.data_shards, spec.parity_shards) = (k, m);
+        spec.aux_args = vec!["--capacity".into(), "1GiB".into()];
+        let cluster = LocalCluster::start(&exe, spec)?;
+        let run = shardcache_common::runtime::block_on(bench_cluster(&cluster, &args))?;
+        let bare = *baseline.get_or_insert(run.bare.per_second());
+        let label = if k == 1 {
+            format!("{}-way replication", m + 1)
+        } else {
+            format!("{k}+{m} erasure coding")
+        };
+        report.push_str(&run.bare.row(
+            &format!("bare axum GET (master /health, {label} run)"),
+            bare,
+        ));
+        report.push('\n');
+        report.push_str(&run.get.row(&format!("GET, {label}"), bare));
+        report.push('\n');
+        report.push_str(&run.set.row(&format!("SET, {label}"), bare));
+        report.push('\n');
+        memory.push((label, run.shard_bytes as f64 / run.user_bytes as f64));
+    }
+    report.push_str("\n| geometry | aux bytes per user byte |\n|---|---|\n");
+    for (label, ratio) in &memory {
+        report.push_str(&format!("| {label} | {ratio:.2} |\n"));
+    }
+    report.push_str(&format!(
+        "\nerasure coding holds {:.2}× the bytes of replication for the same data\n",
+        memory[0].1 / memory[1].1
+    ));
+    println!("{report}");
+    if let Some(parent) = args.output.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    std::fs::write(&args.output, &report)
+        .with_context(|| format!("write {}", args.output.display()))?;
+    println!("written to {}", args.output.display());
+    Ok(())
+}
+
+struct ClusterRun {
+    bare: Phase,
+    get: Phase,
+    set: Phase,
+    shard_bytes: u64,
+    user_bytes: u64,
+}
+
+async fn bench_cluster(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<ClusterRun> {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let master = cluster.master_url(0);
+    let value_len = args.value_size.bytes() as usize;
+    let value: Arc<str> = Arc::from("v".repeat(value_len));
+    let keys: Arc<Vec<String>> =
+        Arc::new((0..args.keys).map(|i| format!("bench-key-{i}")).collect());
+
+    let preload = stream::iter(keys.iter().cloned())
+        .map(|key| set(&http, &master, key, &value))
+        .buffer_unordered(args.concurrency)
+        .filter(|ok| std::future::ready(!ok))
+        .count()
+        .await;
+    if preload > 0 {
+        bail!("{preload} preload writes failed");
+    }
+    let bare = drive(args, |_| {
+        let request = http.get(format!("{master}/health"));
+        async move {
+            request
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        }
+    })
+    .await;
+    let get = drive(args, |rng| {
+        let key = &keys[rng.random_range(0..keys.len())];
+        let request = http.get(format!("{master}/data/{key}"));
+        async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => response
+                    .bytes()
+                    .await
+                    .is_ok_and(|body| body.len() >= value_len),
+                _ => false,
+            }
+        }
+    })
+    .await;
+    let set = drive(args, |rng| {
+        set(
+            &http,
+            &master,
+            keys[rng.random_range(0..keys.len())].clone(),
+            &value,
+        )
+    })
+    .await;
+    let mut shard_bytes = 0;
+    for node in &cluster.aux {
+        let health: serde_json::Value = http
+            .get(format!("http://{}/health", node.addr))
+            .send()
+            .await?
+            .json()
+            .await?;
+        shard_bytes += health["store"]["bytes"].as_u64().unwrap_or(0);
+    }
+    Ok(ClusterRun {
+        bare,
+        get,
+        set,
+        shard_bytes,
+        user_bytes: (args.keys * value_len) as u64,
+    })
+}
+
+fn set(
+    http: &reqwest::Client,
+    master: &str,
+    key: String,
+    value: &str,
+) -> impl std::future::Future<Output = bool> {
+    let request = http
+        .post(format!("{master}/data"))
+        .body(serde_json::json!({ "key": key, "value": value }).to_string());
+    async move {
+        request
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    }
+}
+
+/// Runs `request` from `concurrency` loops until the phase's time or request budget
+/// is spent; each call returns whether the request succeeded.
+async fn drive<F, Fut>(args: &BenchArgs, request: F) -> Phase
+where
+    F: Fn(&mut rand::rngs::ThreadRng) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    let deadline = started + args.duration.0;
+    let budget = MAX_REQUESTS_PER_PHASE / args.concurrency.max(1);
+    let request = &request;
+    let loops = (0..args.concurrency).map(|_| async move {
+        let mut rng = rand::rng();
+        let (mut latencies, mut errors) = (Vec::new(), 0);
+        while Instant::now() < deadline && latencies.len() < budget {
+            let sent = Instant::now();
+            let ok = request(&mut rng).await;
+            latencies.push(sent.elapsed());
+            errors += usize::from(!ok);
+        }
+        (latencies, errors)
+    });
+    let results = futures::future::join_all(loops).await;
+    let elapsed = started.elapsed();
+    let mut latencies: Vec<Duration> = results
+        .iter()
+        .flat_map(|(latencies, _)| latencies.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    Phase {
+        requests: latencies.len(),
+        errors: results.iter().map(|(_, errors)| errors).sum(),
+        elapsed,
+        latencies,
+    }
+}
