@@ -24,13 +24,6 @@ pub struct Version {
     pub writer: u64,
 }
 
-impl Version {
-    /// Unix milliseconds of the physical part of the timestamp.
-    pub fn unix_millis(&self) -> u64 {
-        self.timestamp >> LOGICAL_BITS
-    }
-}
-
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}-{:016x}", self.timestamp, self.writer)
