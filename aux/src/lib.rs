@@ -68,8 +68,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Binds `config.listen`, prints `listening on ADDR` and serves until Ctrl-C/SIGTERM.
+/// Validates the configuration, binds `config.listen`, prints `listening on ADDR`
+/// and serves until Ctrl-C/SIGTERM.
 pub async fn serve(config: AuxConfig) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let listener = runtime::bind_and_announce(config.listen)
         .await
         .map_err(anyhow::Error::msg)?;

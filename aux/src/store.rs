@@ -97,12 +97,11 @@ impl ShardStore {
     /// its key is held. Evicts least-recently-used entries to make room.
     pub fn put(&self, frame: &ShardFrame, encoded: Bytes, now_ms: u64) -> PutResult {
         let mut inner = self.inner.lock();
-        let key: Arc<str> = Arc::from(frame.key.as_str());
-        let size = entry_bytes(&key, &encoded);
+        let size = entry_bytes(&frame.key, &encoded);
         if size > inner.stats.capacity_bytes {
             return PutResult::TooLarge;
         }
-        if let Some(existing) = inner.entries.peek(&key) {
+        if let Some(existing) = inner.entries.peek(frame.key.as_str()) {
             // Compared even when the held entry has expired: a late, older write must
             // not come back after a newer one ran out.
             if existing.version > frame.version {
@@ -114,12 +113,14 @@ impl ShardStore {
                 return PutResult::AlreadyHeld;
             }
         }
-        inner.remove(&key);
+        inner.remove(&frame.key);
         if frame.is_expired(now_ms) {
             // Newer than what was held but already dead: the old entry goes, nothing
             // takes its place.
             return PutResult::Stored;
         }
+        // Allocated only once the frame is known to be stored.
+        let key: Arc<str> = Arc::from(frame.key.as_str());
         if frame.expires_at_ms != 0 {
             inner.expiries.insert((frame.expires_at_ms, key.clone()));
         }

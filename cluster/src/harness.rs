@@ -163,11 +163,12 @@ impl Node {
 
     /// SIGTERM, then SIGKILL if it has not exited within the stop timeout.
     pub fn terminate(&mut self) {
+        // SIGCONT too, so that a paused node can act on the SIGTERM.
+        let _ = self.signal(Signal::SIGTERM);
+        let _ = self.signal(Signal::SIGCONT);
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
         let deadline = std::time::Instant::now() + STOP_TIMEOUT;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

@@ -23,6 +23,7 @@
 //! their shards, and dropping a request half-way would close its pooled connection.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,6 +64,8 @@ pub struct DataPath {
     client: AuxClient,
     clock: HybridClock,
     write_quorum: usize,
+    /// Derived from the geometry and `write_quorum` once; see [`ReadFloors`].
+    read_floors: ReadFloors,
     tombstone_ttl: Duration,
 }
 
@@ -74,12 +77,18 @@ impl DataPath {
         write_quorum: usize,
         tombstone_ttl: Duration,
     ) -> Self {
+        let read_floors = ReadFloors::new(
+            codec.total_shards(),
+            write_quorum,
+            usize::from(codec.parity_shards()),
+        );
         DataPath {
             ring,
             codec,
             client,
             clock: HybridClock::with_random_writer(),
             write_quorum,
+            read_floors,
             tombstone_ttl,
         }
     }
@@ -164,17 +173,12 @@ impl DataPath {
     async fn store_frames(&self, key: &str, frames: Vec<Bytes>) -> Result<(), ApiError> {
         let owners = self.ring.owners(key, frames.len());
         let total = owners.len();
-        let (results, mut answers) = mpsc::channel(total.max(1));
-        for (owner, frame) in owners.into_iter().zip(frames) {
-            let client = self.client.clone();
-            let owner = owner.to_owned();
-            let results = results.clone();
-            tokio::spawn(async move {
-                let outcome = client.put_shard(&owner, frame).await;
-                let _ = results.send((owner, outcome)).await;
-            });
-        }
-        drop(results);
+        let mut answers = fan_out(owners.into_iter().zip(frames).map(|(owner, frame)| {
+            let (client, node) = (self.client.clone(), owner.to_owned());
+            (owner.to_owned(), async move {
+                client.put_shard(&node, frame).await
+            })
+        }));
         let (mut acknowledged, mut failures) = (0, Vec::new());
         while let Some((owner, outcome)) = answers.recv().await {
             match outcome {
@@ -228,24 +232,13 @@ impl DataPath {
     /// One round of asking every owner of `key` for its shard.
     async fn read_once(&self, key: &str) -> ReadOutcome {
         let owners = self.ring.owners(key, self.total_shards());
-        let total = owners.len();
-        let (results, mut answers) = mpsc::channel(total.max(1));
-        for owner in owners {
-            let client = self.client.clone();
-            let owner = owner.to_owned();
-            let key = key.to_owned();
-            let results = results.clone();
-            tokio::spawn(async move {
-                let outcome = client.get_shard(&owner, &key).await;
-                let _ = results.send((owner, outcome)).await;
-            });
-        }
-        drop(results);
-        let floors = ReadFloors::new(
-            total,
-            self.write_quorum,
-            usize::from(self.codec.parity_shards()),
-        );
+        let mut answers = fan_out(owners.into_iter().map(|owner| {
+            let (client, node, key) = (self.client.clone(), owner.to_owned(), key.to_owned());
+            (owner.to_owned(), async move {
+                client.get_shard(&node, &key).await
+            })
+        }));
+        let floors = self.read_floors;
         let mut seen = SeenVersions::default();
         let now_ms = unix_millis();
         while let Some((owner, outcome)) = answers.recv().await {
@@ -356,6 +349,27 @@ impl ReadFloors {
             miss: owners + 1 - write_quorum,
         }
     }
+}
+
+/// Runs every `(owner, call)` in a task of its own and yields `(owner, result)` as
+/// each finishes. The tasks outlive the receiver: a caller that stops listening once
+/// it has enough answers leaves the rest to complete (their shards still land, and
+/// their pooled connections stay open).
+fn fan_out<T, Fut>(calls: impl Iterator<Item = (String, Fut)>) -> mpsc::Receiver<(String, T)>
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let calls: Vec<(String, Fut)> = calls.collect();
+    let (results, answers) = mpsc::channel(calls.len().max(1));
+    for (owner, call) in calls {
+        let results = results.clone();
+        tokio::spawn(async move {
+            let outcome = call.await;
+            let _ = results.send((owner, outcome)).await;
+        });
+    }
+    answers
 }
 
 /// What the owners of one key answered, grouped by version.

@@ -127,51 +127,61 @@ async fn bad_requests_get_clear_json_errors_and_lose_nothing() {
         "a value exactly at the limit is fine"
     );
 
-    assert_error(
-        "empty key in path",
-        cluster.request(Method::GET, "/data/").await,
-        StatusCode::BAD_REQUEST,
-    );
-    assert_error(
-        "empty key delete",
-        cluster.request(Method::DELETE, "/data/").await,
-        StatusCode::BAD_REQUEST,
-    );
-    assert_error(
-        "long key in path",
-        cluster.get(&"k".repeat(251)).await,
-        StatusCode::BAD_REQUEST,
-    );
-    assert_error(
-        "invalid UTF-8 in path",
-        cluster.request(Method::GET, "/data/%FF%FE").await,
-        StatusCode::BAD_REQUEST,
-    );
-    assert_error(
-        "miss",
-        cluster.get("never written").await,
-        StatusCode::NOT_FOUND,
-    );
-    assert_error(
-        "delete of a miss",
-        cluster.delete("never written").await,
-        StatusCode::NOT_FOUND,
-    );
-    assert_error(
-        "unknown route",
-        cluster.request(Method::GET, "/nope").await,
-        StatusCode::NOT_FOUND,
-    );
-    assert_error(
-        "wrong method",
-        cluster.request(Method::PUT, "/data").await,
-        StatusCode::METHOD_NOT_ALLOWED,
-    );
-    assert_error(
-        "wrong method on a key",
-        cluster.request(Method::PATCH, "/data/k").await,
-        StatusCode::METHOD_NOT_ALLOWED,
-    );
+    let long_key_path = format!("/data/{}", "k".repeat(251));
+    let bad_paths = [
+        (
+            "empty key in path",
+            Method::GET,
+            "/data/",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "empty key delete",
+            Method::DELETE,
+            "/data/",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "long key in path",
+            Method::GET,
+            long_key_path.as_str(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "invalid UTF-8 in path",
+            Method::GET,
+            "/data/%FF%FE",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "miss",
+            Method::GET,
+            "/data/never%20written",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "delete of a miss",
+            Method::DELETE,
+            "/data/never%20written",
+            StatusCode::NOT_FOUND,
+        ),
+        ("unknown route", Method::GET, "/nope", StatusCode::NOT_FOUND),
+        (
+            "wrong method",
+            Method::PUT,
+            "/data",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "wrong method on a key",
+            Method::PATCH,
+            "/data/k",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (what, method, path, expected) in bad_paths {
+        assert_error(what, cluster.request(method, path).await, expected);
+    }
 
     assert_eq!(
         cluster.value("precious").await.as_deref(),

@@ -170,8 +170,9 @@ async fn a_delete_is_not_undone_by_nodes_returning_with_stale_shards() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
-/// An aux node that was paused while a key was overwritten holds the old version;
-/// once it resumes, reads still return the new value.
+/// An aux node paused while a key was overwritten resumes holding the old version
+/// until the overwrite's late shard reaches it; reads in that window must group by
+/// version and return the new value, never a mix or the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_node_with_an_old_version_never_wins() {
     let cluster = TestCluster::start();
