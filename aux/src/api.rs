@@ -1,30 +1,55 @@
 //! The aux node's HTTP routes (see `shardcache_common::wire` for the contract).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use shardcache_common::frame::ShardFrame;
+use shardcache_common::version::Version;
+use shardcache_common::wire::{
+    AuxHealth, InventoryCursor, InventoryPage, LeaseRequest, MembershipDoc,
+};
 use shardcache_common::{unix_millis, wire};
 
-use crate::store::{PutResult, ShardStore};
+use crate::lease::Leases;
+use crate::membership::MembershipStore;
+use crate::snapshotter::SnapshotStatus;
+use crate::store::{DeleteResult, PutResult, ShardStore};
+
+/// Largest inventory page served, whatever the caller asks for.
+const MAX_INVENTORY_PAGE: usize = 10_000;
 
 /// Shared state of the aux routes.
 #[derive(Clone)]
 pub struct AuxState {
     pub store: Arc<ShardStore>,
     pub max_frame_bytes: usize,
+    pub node_id: Arc<str>,
+    pub leases: Arc<Leases>,
+    pub membership: Arc<MembershipStore>,
+    pub snapshots: Arc<SnapshotStatus>,
 }
 
 /// The aux node's router.
 pub fn app(state: AuxState) -> Router {
     Router::new()
         .route(wire::SHARDS_PATH, put(put_shard))
-        .route(&format!("{}/{{key}}", wire::SHARDS_PATH), get(get_shard))
+        .route(
+            &format!("{}/{{key}}", wire::SHARDS_PATH),
+            get(get_shard).delete(delete_shard),
+        )
+        .route(wire::INVENTORY_PATH, get(inventory))
+        .route(wire::LEASE_PATH, post(lease))
+        .route(
+            wire::MEMBERSHIP_PATH,
+            get(get_membership).put(put_membership),
+        )
         .route("/health", get(health))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
         .layer(DefaultBodyLimit::max(state.max_frame_bytes))
@@ -35,6 +60,20 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// A 409 naming the newer version held, in the header masters read.
+fn conflict(held: Version) -> Response {
+    let mut response = error(
+        StatusCode::CONFLICT,
+        format!("a newer version {held} is held"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&held.to_string()) {
+        response
+            .headers_mut()
+            .insert(wire::CURRENT_VERSION_HEADER, value);
+    }
+    response
+}
+
 async fn put_shard(State(state): State<AuxState>, body: Bytes) -> Response {
     let frame = match ShardFrame::decode(body.clone()) {
         Ok(frame) => frame,
@@ -42,18 +81,7 @@ async fn put_shard(State(state): State<AuxState>, body: Bytes) -> Response {
     };
     match state.store.put(&frame, body, unix_millis()) {
         PutResult::Stored | PutResult::AlreadyHeld => StatusCode::NO_CONTENT.into_response(),
-        PutResult::Superseded(held) => {
-            let mut response = error(
-                StatusCode::CONFLICT,
-                format!("a newer version {held} is held"),
-            );
-            if let Ok(value) = HeaderValue::from_str(&held.to_string()) {
-                response
-                    .headers_mut()
-                    .insert(wire::CURRENT_VERSION_HEADER, value);
-            }
-            response
-        }
+        PutResult::Superseded(held) => conflict(held),
         PutResult::TooLarge => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "shard is larger than this node's capacity".into(),
@@ -70,9 +98,119 @@ async fn get_shard(State(state): State<AuxState>, Path(key): Path<String>) -> Re
     }
 }
 
+#[derive(serde::Deserialize)]
+struct DeleteQuery {
+    version: Version,
+}
+
+/// Removes a shard if it is no newer than `?version=`: the rebalancer's clean-up of a
+/// node that no longer owns the key.
+async fn delete_shard(
+    State(state): State<AuxState>,
+    Path(key): Path<String>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    match state.store.delete_up_to(&key, query.version) {
+        DeleteResult::Removed => StatusCode::NO_CONTENT.into_response(),
+        DeleteResult::Newer(held) => conflict(held),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct InventoryQuery {
+    after_point: Option<u64>,
+    after_key: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn inventory(
+    State(state): State<AuxState>,
+    query: Result<Query<InventoryQuery>, QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let after = match (query.after_point, query.after_key.as_deref()) {
+        (Some(point), Some(key)) => Some((point, key)),
+        (None, None) => None,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "after_point and after_key go together".into(),
+            )
+        }
+    };
+    let limit = query.limit.unwrap_or(1_000).clamp(1, MAX_INVENTORY_PAGE);
+    let entries = state.store.inventory(after, limit, unix_millis());
+    let next = (entries.len() == limit).then(|| {
+        let last = &entries[entries.len() - 1];
+        InventoryCursor {
+            point: last.point,
+            key: last.key.clone(),
+        }
+    });
+    Json(InventoryPage { entries, next }).into_response()
+}
+
+async fn lease(
+    State(state): State<AuxState>,
+    request: Result<Json<LeaseRequest>, JsonRejection>,
+) -> Response {
+    match request {
+        Ok(Json(request)) => Json(state.leases.request(&request, Instant::now())).into_response(),
+        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    }
+}
+
+async fn get_membership(State(state): State<AuxState>) -> Response {
+    match state.membership.get() {
+        Some(doc) => Json(doc).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no membership changes known".into()),
+    }
+}
+
+async fn put_membership(
+    State(state): State<AuxState>,
+    doc: Result<Json<MembershipDoc>, JsonRejection>,
+) -> Response {
+    let Json(doc) = match doc {
+        Ok(doc) => doc,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    match state.membership.offer(doc) {
+        Ok(()) => {
+            let membership = state.membership.clone();
+            // Best effort and off the async threads; the copy in memory is what counts.
+            let _ = tokio::task::spawn_blocking(move || membership.persist()).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(held) => conflict(held.version),
+    }
+}
+
 async fn health(State(state): State<AuxState>) -> Response {
     let stats = state.store.stats();
-    Json(serde_json::json!({ "status": "ok", "store": stats })).into_response()
+    let summary = AuxHealth {
+        status: "ok".into(),
+        node_id: state.node_id.to_string(),
+        store: wire::AuxStoreSummary {
+            items: stats.items,
+            tombstones: stats.tombstones,
+            bytes: stats.bytes,
+            capacity_bytes: stats.capacity_bytes,
+        },
+        membership_version: state.membership.get().map(|doc| doc.version),
+    };
+    // The typed part masters read, plus the full figures for operators.
+    let mut body = serde_json::to_value(summary).unwrap_or_default();
+    body["store"] = serde_json::to_value(stats).unwrap_or_default();
+    body["snapshot"] = serde_json::to_value(state.snapshots.report()).unwrap_or_default();
+    Json(body).into_response()
 }
 
 #[cfg(test)]
@@ -85,9 +223,14 @@ mod tests {
     use tower::ServiceExt;
 
     fn test_app() -> Router {
+        let dir = std::env::temp_dir();
         app(AuxState {
             store: Arc::new(ShardStore::new(1 << 20)),
             max_frame_bytes: 1 << 20,
+            node_id: "aux-test".into(),
+            leases: Arc::default(),
+            membership: Arc::new(MembershipStore::load(&dir.join("no-such-dir"))),
+            snapshots: Arc::default(),
         })
     }
 

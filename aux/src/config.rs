@@ -17,6 +17,17 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_DATA_DIR", default_value = "./data/aux")]
     pub data_dir: PathBuf,
 
+    /// This node's identity on the ring. Defaults to one generated on first start
+    /// and kept in DATA_DIR/node-id; set it (e.g. to the pod name) when the data
+    /// directory may be lost but the identity should not.
+    #[arg(long, env = "SHARDCACHE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How often a changed store is snapshotted to DATA_DIR (also on SIGTERM).
+    /// 0s disables periodic snapshots (the one at shutdown is still written).
+    #[arg(long, env = "SHARDCACHE_SNAPSHOT_INTERVAL", default_value = "10s")]
+    pub snapshot_interval: HumanDuration,
+
     /// Most shard bytes held in memory (key + frame + per-entry overhead); the least
     /// recently used shards are evicted beyond it.
     #[arg(long, env = "SHARDCACHE_CAPACITY", default_value = "256MiB")]
@@ -40,6 +51,9 @@ impl AuxConfig {
                 "--capacity {} is too small: at least 4KiB is needed",
                 self.capacity
             ));
+        }
+        if let Some(id) = &self.node_id {
+            crate::identity::validate(id).map_err(|problem| format!("--node-id: {problem}"))?;
         }
         if self.sweep_interval.0.is_zero() {
             return Err("--sweep-interval must be greater than zero".into());

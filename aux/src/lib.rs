@@ -4,12 +4,21 @@
 //! # Layout
 //!
 //! - [`config`]: flags and environment variables.
+//! - [`identity`]: the node's ring identity, kept across restarts.
 //! - [`store`]: the LRU + TTL + tombstone shard store and its invariants.
+//! - [`snapshot`]: the snapshot file format; [`snapshotter`]: when snapshots are
+//!   written and how one is restored at start.
+//! - [`lease`] and [`membership`]: what masters coordinate through aux nodes.
 //! - [`api`]: the HTTP routes ([`app`]).
-//! - [`run`] / [`serve`]: the server and its background sweeper, for tests and `main`.
+//! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
 pub mod api;
 pub mod config;
+pub mod identity;
+pub mod lease;
+pub mod membership;
+pub mod snapshot;
+pub mod snapshotter;
 pub mod store;
 
 use std::future::Future;
@@ -23,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::{app, AuxState};
 pub use config::AuxConfig;
+use membership::MembershipStore;
+use snapshotter::SnapshotStatus;
 use store::ShardStore;
 
 /// Most expired entries removed per sweep tick, so one tick never holds the store's
@@ -41,19 +52,34 @@ pub async fn run(
     config.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
+    let node_id = identity::load_or_create(config.node_id.as_deref(), &config.data_dir)?;
     let store = Arc::new(ShardStore::new(config.capacity.bytes()));
+    let snapshots = Arc::new(SnapshotStatus::default());
+    snapshotter::restore(&store, &config.data_dir, &snapshots).await?;
     let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
     let sweeper = tokio::spawn(sweep_expired(
         store.clone(),
         config.sweep_interval.0,
         shutdown.token(),
     ));
+    let snapshot_worker = tokio::spawn(snapshotter::run(
+        store.clone(),
+        config.data_dir.clone(),
+        config.snapshot_interval.0,
+        snapshots.clone(),
+        shutdown.token(),
+    ));
     let state = AuxState {
-        store,
+        store: store.clone(),
         max_frame_bytes: config.max_frame_bytes(),
+        node_id: node_id.as_str().into(),
+        leases: Arc::default(),
+        membership: Arc::new(MembershipStore::load(&config.data_dir)),
+        snapshots: snapshots.clone(),
     };
     tracing::info!(
         listen = %listener.local_addr()?,
+        node_id,
         capacity = %config.capacity,
         data_dir = %config.data_dir.display(),
         "aux node serving"
@@ -65,6 +91,10 @@ pub async fn run(
     }
     shutdown.token().cancel();
     let _ = sweeper.await;
+    let _ = snapshot_worker.await;
+    // The final snapshot: a clean stop loses nothing.
+    snapshotter::save_if_changed(&store, &config.data_dir, &snapshots).await;
+    tracing::info!("aux node stopped");
     Ok(())
 }
 

@@ -16,17 +16,20 @@
 //! an `.await` (every method is synchronous).
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::Mutex;
 use shardcache_common::frame::ShardFrame;
+use shardcache_common::ring::key_point;
 use shardcache_common::version::Version;
 
 /// Bytes charged per entry on top of key and frame: the LRU node and its hash-table
-/// slot, the shared key allocation and the expiry-index entry, rounded up.
-pub const ENTRY_OVERHEAD: u64 = 160;
+/// slot, the shared key allocation, the key-order index entry and the expiry-index
+/// entry, rounded up.
+pub const ENTRY_OVERHEAD: u64 = 208;
 
 /// What [`ShardStore::put`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,31 @@ pub enum PutResult {
     Superseded(Version),
     /// The frame alone is larger than the whole store.
     TooLarge,
+}
+
+/// What [`ShardStore::delete_up_to`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteResult {
+    /// The entry was at or below the given version and is gone (or there was none).
+    Removed,
+    /// The store holds a newer version, which it kept.
+    Newer(Version),
+}
+
+/// One entry as the inventory lists it: a shard's header without its payload.
+pub type InventoryEntry = shardcache_common::wire::InventoryEntry;
+
+/// What [`ShardStore::restore`] did with a snapshot's frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreReport {
+    pub loaded: u64,
+    pub expired: u64,
+    /// Older than (or the same as) what the store already held.
+    pub superseded: u64,
+    /// Frames that failed their own checksum or were larger than the store.
+    pub invalid: u64,
+    /// Shards evicted because the snapshot did not fit the capacity.
+    pub evicted: u64,
 }
 
 /// Counters and gauges for `/health` (and, later, metrics).
@@ -57,13 +85,21 @@ struct Entry {
     version: Version,
     expires_at_ms: u64,
     tombstone: bool,
+    shard_index: u8,
+    data_shards: u8,
+    parity_shards: u8,
     frame: Bytes,
 }
 
 struct Inner {
     entries: LruCache<Arc<str>, Entry>,
+    /// `(ring point of the key, key)` for every entry: the stable order in which the
+    /// inventory is listed page by page, the same order on every node.
+    by_point: BTreeSet<(u64, Arc<str>)>,
     /// `(expiry, key)` for every entry that expires, so sweeping is ordered by time.
     expiries: BTreeSet<(u64, Arc<str>)>,
+    /// Bumped by every change, so a snapshot can tell whether anything changed.
+    generation: u64,
     stats: StoreStats,
 }
 
@@ -87,7 +123,9 @@ impl ShardStore {
             inner: Mutex::new(Inner {
                 // Unbounded by count on purpose: the bound is in bytes.
                 entries: LruCache::unbounded(),
+                by_point: BTreeSet::new(),
                 expiries: BTreeSet::new(),
+                generation: 0,
                 stats,
             }),
         }
@@ -124,10 +162,15 @@ impl ShardStore {
         if frame.expires_at_ms != 0 {
             inner.expiries.insert((frame.expires_at_ms, key.clone()));
         }
+        inner.by_point.insert((key_point(&key), key.clone()));
+        inner.generation += 1;
         let entry = Entry {
             version: frame.version,
             expires_at_ms: frame.expires_at_ms,
             tombstone: frame.tombstone,
+            shard_index: frame.shard_index,
+            data_shards: frame.data_shards,
+            parity_shards: frame.parity_shards,
             frame: encoded,
         };
         inner.account_added(&entry, size);
@@ -167,6 +210,96 @@ impl ShardStore {
         removed
     }
 
+    /// Removes the entry for `key` if its version is `version` or older: how a
+    /// rebalancer drops a shard from a node that no longer owns the key without ever
+    /// removing a newer write that landed meanwhile.
+    pub fn delete_up_to(&self, key: &str, version: Version) -> DeleteResult {
+        let mut inner = self.inner.lock();
+        match inner.entries.peek(key) {
+            Some(entry) if entry.version > version => DeleteResult::Newer(entry.version),
+            Some(_) => {
+                inner.remove(key);
+                DeleteResult::Removed
+            }
+            None => DeleteResult::Removed,
+        }
+    }
+
+    /// Up to `limit` live entries after `after` (a `(ring point, key)` cursor) in
+    /// ring-point order. Expired entries are skipped. Listing does not touch the LRU
+    /// order, so a rebalancer's scan does not keep cold shards alive.
+    pub fn inventory(
+        &self,
+        after: Option<(u64, &str)>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Vec<InventoryEntry> {
+        let inner = self.inner.lock();
+        let start = match after {
+            Some((point, key)) => Bound::Excluded((point, Arc::<str>::from(key))),
+            None => Bound::Unbounded,
+        };
+        inner
+            .by_point
+            .range((start, Bound::Unbounded))
+            .filter_map(|(point, key)| {
+                let entry = inner.entries.peek(key)?;
+                let expired = entry.expires_at_ms != 0 && entry.expires_at_ms <= now_ms;
+                (!expired).then(|| InventoryEntry {
+                    key: key.to_string(),
+                    point: *point,
+                    version: entry.version,
+                    shard_index: entry.shard_index,
+                    data_shards: entry.data_shards,
+                    parity_shards: entry.parity_shards,
+                    tombstone: entry.tombstone,
+                    expires_at_ms: entry.expires_at_ms,
+                })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// Every encoded frame, least recently used first: the order in which a restore
+    /// re-inserts them so that the LRU order survives a restart.
+    pub fn export(&self) -> Vec<Bytes> {
+        let inner = self.inner.lock();
+        inner
+            .entries
+            .iter()
+            .rev()
+            .map(|(_, entry)| entry.frame.clone())
+            .collect()
+    }
+
+    /// Re-inserts frames from a snapshot, least recently used first, through the
+    /// ordinary [`put`](Self::put): expired shards are dropped, versions are compared
+    /// with anything already held, and when the snapshot is larger than the capacity
+    /// the least recently used shards are the ones evicted.
+    pub fn restore(&self, frames: &[Bytes], now_ms: u64) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        for encoded in frames {
+            // A copy, so the snapshot's one big buffer is freed once restored.
+            let encoded = Bytes::copy_from_slice(encoded);
+            match ShardFrame::decode(encoded.clone()) {
+                Ok(frame) if frame.is_expired(now_ms) => report.expired += 1,
+                Ok(frame) => match self.put(&frame, encoded.clone(), now_ms) {
+                    PutResult::Stored => report.loaded += 1,
+                    PutResult::AlreadyHeld | PutResult::Superseded(_) => report.superseded += 1,
+                    PutResult::TooLarge => report.invalid += 1,
+                },
+                Err(_) => report.invalid += 1,
+            }
+        }
+        report.evicted = self.stats().evictions;
+        report
+    }
+
+    /// A number that changes whenever the contents change.
+    pub fn generation(&self) -> u64 {
+        self.inner.lock().generation
+    }
+
     pub fn stats(&self) -> StoreStats {
         self.inner.lock().stats
     }
@@ -190,6 +323,8 @@ impl Inner {
         if entry.expires_at_ms != 0 {
             self.expiries.remove(&(entry.expires_at_ms, key.clone()));
         }
+        self.by_point.remove(&(key_point(key), key.clone()));
+        self.generation += 1;
         self.stats.bytes -= entry_bytes(key, &entry.frame);
         self.stats.items -= 1;
         self.stats.tombstones -= u64::from(entry.tombstone);
@@ -336,6 +471,80 @@ mod tests {
             put(&store, &frame("huge", 1, 10_000, 0), 0),
             PutResult::TooLarge
         );
+    }
+
+    #[test]
+    fn deletes_never_remove_a_newer_version() {
+        let store = ShardStore::new(1 << 20);
+        put(&store, &frame("k", 10, 10, 0), 0);
+        let older = Version {
+            timestamp: 9,
+            writer: 1,
+        };
+        assert!(
+            matches!(store.delete_up_to("k", older), DeleteResult::Newer(v) if v.timestamp == 10)
+        );
+        assert!(store.get("k", 0).is_some());
+        let same = Version {
+            timestamp: 10,
+            writer: 1,
+        };
+        assert_eq!(store.delete_up_to("k", same), DeleteResult::Removed);
+        assert!(store.get("k", 0).is_none());
+        assert_eq!(store.delete_up_to("k", same), DeleteResult::Removed);
+        assert_eq!(store.stats().bytes, 0);
+    }
+
+    #[test]
+    fn inventory_pages_through_every_live_entry_in_ring_order() {
+        let store = ShardStore::new(1 << 22);
+        for i in 0..250 {
+            let expires = if i % 10 == 0 { 1_000 } else { 0 };
+            put(&store, &frame(&format!("key-{i}"), 1, 10, expires), 0);
+        }
+        let generation = store.generation();
+        let mut listed = Vec::new();
+        let mut after: Option<(u64, String)> = None;
+        loop {
+            let page = store.inventory(after.as_ref().map(|(p, k)| (*p, k.as_str())), 40, 2_000);
+            let Some(last) = page.last() else { break };
+            after = Some((last.point, last.key.clone()));
+            listed.extend(page);
+        }
+        assert_eq!(listed.len(), 225, "the 25 expired entries are not listed");
+        assert!(listed
+            .windows(2)
+            .all(|pair| (pair[0].point, &pair[0].key) < (pair[1].point, &pair[1].key)));
+        assert!(listed
+            .iter()
+            .all(|entry| key_point(&entry.key) == entry.point && entry.shard_index == 0));
+        assert_eq!(store.generation(), generation, "listing changes nothing");
+    }
+
+    #[test]
+    fn a_restore_keeps_the_most_recently_used_shards_within_capacity() {
+        let source = ShardStore::new(1 << 22);
+        for i in 0..20 {
+            put(&source, &frame(&format!("key-{i}"), 1, 1000, 0), 0);
+        }
+        put(&source, &frame("expiring", 1, 1000, 500), 0);
+        assert!(
+            source.get("key-0", 0).is_some(),
+            "key-0 becomes the most recent"
+        );
+        let frames = source.export();
+        let one = entry_bytes("key-10", &frame("key-10", 1, 1000, 0).encode());
+        let restored = ShardStore::new(one * 5);
+        let report = restored.restore(&frames, 1_000);
+        assert_eq!((report.loaded, report.expired), (20, 1));
+        assert_eq!(restored.stats().items, 5);
+        for key in ["key-0", "key-19", "key-18", "key-17", "key-16"] {
+            assert!(
+                restored.get(key, 1_000).is_some(),
+                "{key} was among the most recent"
+            );
+        }
+        assert!(restored.stats().bytes <= one * 5);
     }
 
     #[derive(Debug, Clone)]

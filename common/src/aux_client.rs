@@ -17,7 +17,9 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::frame::{FrameError, ShardFrame};
 use crate::version::Version;
-use crate::wire;
+use crate::wire::{
+    self, AuxHealth, InventoryCursor, InventoryPage, LeaseAnswer, LeaseRequest, MembershipDoc,
+};
 
 /// What an aux node did with a shard it was asked to store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub enum AuxError {
     Status(StatusCode),
     #[error("malformed shard frame: {0}")]
     BadFrame(#[from] FrameError),
+    #[error("malformed JSON answer: {0}")]
+    BadJson(String),
 }
 
 /// A pooled, timeout-bounded client for aux nodes addressed as `host:port`.
@@ -84,14 +88,7 @@ where
             .await?;
         match status {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(PutOutcome::Stored),
-            StatusCode::CONFLICT => {
-                let current = headers
-                    .get(wire::CURRENT_VERSION_HEADER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|text| text.parse().ok())
-                    .unwrap_or_default();
-                Ok(PutOutcome::Superseded(current))
-            }
+            StatusCode::CONFLICT => Ok(PutOutcome::Superseded(current_version(&headers))),
             other => Err(AuxError::Status(other)),
         }
     }
@@ -107,13 +104,93 @@ where
         }
     }
 
-    /// Whether `node` answers its health endpoint.
-    pub async fn health(&self, node: &str) -> Result<(), AuxError> {
-        let (status, _, _) = self
-            .call(Method::GET, node, "/health", Bytes::new())
+    /// Removes `node`'s shard of `key` if it is `version` or older.
+    pub async fn delete_shard(
+        &self,
+        node: &str,
+        key: &str,
+        version: Version,
+    ) -> Result<PutOutcome, AuxError> {
+        let path = format!("{}?version={version}", wire::shard_path(key));
+        let (status, headers, _) = self.call(Method::DELETE, node, &path, Bytes::new()).await?;
+        match status {
+            StatusCode::NO_CONTENT | StatusCode::OK => Ok(PutOutcome::Stored),
+            StatusCode::CONFLICT => Ok(PutOutcome::Superseded(current_version(&headers))),
+            other => Err(AuxError::Status(other)),
+        }
+    }
+
+    /// The node's identity and store figures.
+    pub async fn health(&self, node: &str) -> Result<AuxHealth, AuxError> {
+        self.get_json(node, "/health").await
+    }
+
+    /// One page of `node`'s inventory, after `cursor` (from the start if `None`).
+    pub async fn inventory(
+        &self,
+        node: &str,
+        cursor: Option<&InventoryCursor>,
+        limit: usize,
+    ) -> Result<InventoryPage, AuxError> {
+        let mut path = format!("{}?limit={limit}", wire::INVENTORY_PATH);
+        if let Some(cursor) = cursor {
+            path.push_str(&format!(
+                "&after_point={}&after_key={}",
+                cursor.point,
+                wire::encode_key(&cursor.key)
+            ));
+        }
+        self.get_json(node, &path).await
+    }
+
+    /// Asks `node` to grant (or extend) a lease.
+    pub async fn lease(&self, node: &str, request: &LeaseRequest) -> Result<LeaseAnswer, AuxError> {
+        let body =
+            serde_json::to_vec(request).map_err(|error| AuxError::Transport(error.to_string()))?;
+        let (status, _, body) = self
+            .call(Method::POST, node, wire::LEASE_PATH, Bytes::from(body))
             .await?;
         match status {
-            StatusCode::OK => Ok(()),
+            StatusCode::OK => parse_json(&body),
+            other => Err(AuxError::Status(other)),
+        }
+    }
+
+    /// The membership document `node` holds, if any.
+    pub async fn membership(&self, node: &str) -> Result<Option<MembershipDoc>, AuxError> {
+        match self.get_json(node, wire::MEMBERSHIP_PATH).await {
+            Ok(doc) => Ok(Some(doc)),
+            Err(AuxError::Status(StatusCode::NOT_FOUND)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Offers `doc` to `node`; it keeps it unless it holds a newer one.
+    pub async fn offer_membership(
+        &self,
+        node: &str,
+        doc: &MembershipDoc,
+    ) -> Result<PutOutcome, AuxError> {
+        let body =
+            serde_json::to_vec(doc).map_err(|error| AuxError::Transport(error.to_string()))?;
+        let (status, headers, _) = self
+            .call(Method::PUT, node, wire::MEMBERSHIP_PATH, Bytes::from(body))
+            .await?;
+        match status {
+            StatusCode::NO_CONTENT | StatusCode::OK => Ok(PutOutcome::Stored),
+            StatusCode::CONFLICT => Ok(PutOutcome::Superseded(current_version(&headers))),
+            other => Err(AuxError::Status(other)),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        node: &str,
+        path: &str,
+    ) -> Result<T, AuxError> {
+        let (status, _, body) = self.call(Method::GET, node, path, Bytes::new()).await?;
+        match status {
+            StatusCode::OK => parse_json(&body),
             other => Err(AuxError::Status(other)),
         }
     }
@@ -149,6 +226,19 @@ where
             .await
             .map_err(|_| AuxError::Timeout(self.timeout))?
     }
+}
+
+/// The version a 409 answer names as held instead.
+fn current_version(headers: &http::HeaderMap) -> Version {
+    headers
+        .get(wire::CURRENT_VERSION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_default()
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AuxError> {
+    serde_json::from_slice(body).map_err(|error| AuxError::BadJson(error.to_string()))
 }
 
 /// The error and its sources on one line ("client error (Connect): connection refused").

@@ -53,26 +53,36 @@ impl Ring {
     /// The first `count` distinct owners of `key`, in rank order (fewer if the ring
     /// has fewer nodes).
     pub fn owners(&self, key: &str, count: usize) -> Vec<&str> {
-        let wanted = count.min(self.nodes.len());
-        let mut owners: Vec<u32> = Vec::with_capacity(wanted);
-        if wanted == 0 {
-            return Vec::new();
-        }
+        self.walk(key).take(count).collect()
+    }
+
+    /// Every node, each once, in the order met walking clockwise from `key`'s point.
+    /// Skipping some nodes of this walk gives exactly the walk of the ring without
+    /// them: the placement that routes around a down node is the placement of the
+    /// ring it has left, so masters that disagree only on whether a node is down or
+    /// gone still agree on where the other shards go.
+    pub fn walk<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a str> + 'a {
         let start = self
             .points
             .partition_point(|(point, _)| *point < key_point(key));
-        for (_, node) in self.points[start..].iter().chain(&self.points[..start]) {
-            if !owners.contains(node) {
-                owners.push(*node);
-                if owners.len() == wanted {
-                    break;
+        let mut seen = vec![false; self.nodes.len()];
+        let mut remaining = self.nodes.len();
+        self.points[start..]
+            .iter()
+            .chain(&self.points[..start])
+            // Stops as soon as every node has been met, not after every point.
+            .map_while(move |(_, node)| {
+                if remaining == 0 {
+                    return None;
                 }
-            }
-        }
-        owners
-            .into_iter()
-            .map(|index| self.nodes[index as usize].as_str())
-            .collect()
+                let index = *node as usize;
+                if std::mem::replace(&mut seen[index], true) {
+                    return Some(None);
+                }
+                remaining -= 1;
+                Some(Some(self.nodes[index].as_str()))
+            })
+            .flatten()
     }
 }
 
@@ -80,7 +90,9 @@ fn vnode_point(node: &str, vnode: usize) -> u64 {
     xxh3_64(format!("{node}#{vnode}").as_bytes())
 }
 
-fn key_point(key: &str) -> u64 {
+/// Where `key` sits on the ring (xxh3 of its UTF-8 bytes). Aux nodes list their
+/// inventory in this order, so a rebalancer can merge the lists of many nodes.
+pub fn key_point(key: &str) -> u64 {
     xxh3_64(key.as_bytes())
 }
 
@@ -154,6 +166,22 @@ mod tests {
             forwards.owners("fruit", 3),
             vec!["10.0.0.6:7100", "10.0.0.2:7100", "10.0.0.5:7100"]
         );
+    }
+
+    #[test]
+    fn skipping_a_node_in_the_walk_equals_the_ring_without_it() {
+        let names = node_names(8);
+        let full = Ring::new(names.clone(), DEFAULT_VNODES);
+        let without = Ring::new(names[1..].to_vec(), DEFAULT_VNODES);
+        for key in keys().take(5000) {
+            let skipped: Vec<&str> = full
+                .walk(&key)
+                .filter(|node| *node != names[0])
+                .take(5)
+                .collect();
+            assert_eq!(skipped, without.owners(&key, 5));
+            assert_eq!(full.walk(&key).count(), 8, "the walk meets every node once");
+        }
     }
 
     /// Fraction of (key, owner) shard placements that are new after a change.

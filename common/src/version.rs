@@ -48,6 +48,20 @@ impl FromStr for Version {
     }
 }
 
+/// Versions travel in JSON (inventory, membership) as their text form.
+impl serde::Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Version {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Hands out strictly increasing versions for one writer.
 ///
 /// Each new timestamp is above both the wall clock and every timestamp this clock has

@@ -6,12 +6,31 @@
 //! |------------------------------|-----------|----------------------------------------------|
 //! | `PUT /v1/shards`             | one frame | 204 stored (or already held at that version); 409 a newer version is held, named in the `shardcache-current-version` header; 400 bad frame; 413 too large |
 //! | `GET /v1/shards/{key}`       | —         | 200 the frame (a tombstone too); 404 nothing live |
-//! | `GET /health`                | —         | 200 `{"status":"ok",…}`                      |
+//! | `DELETE /v1/shards/{key}?version=V` | — | 204 removed (or nothing held) if the held version is `V` or older; 409 a newer version is held, named in the header |
+//! | `GET /v1/inventory?after_point=P&after_key=K&limit=N` | — | 200 [`InventoryPage`]: shard headers in ring-point order, no payloads |
+//! | `POST /v1/lease`             | [`LeaseRequest`] JSON | 200 [`LeaseAnswer`]           |
+//! | `GET /v1/membership`         | —         | 200 [`MembershipDoc`]; 404 none held yet     |
+//! | `PUT /v1/membership`         | [`MembershipDoc`] JSON | 204 stored; 409 a newer one is held |
+//! | `GET /health`                | —         | 200 [`AuxHealth`]                            |
+
+use std::collections::BTreeSet;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
+
+use crate::version::Version;
 
 /// Collection path for storing shards.
 pub const SHARDS_PATH: &str = "/v1/shards";
+
+/// Paged listing of the shards an aux node holds.
+pub const INVENTORY_PATH: &str = "/v1/inventory";
+
+/// Where masters take the repair lease.
+pub const LEASE_PATH: &str = "/v1/lease";
+
+/// Where masters share the run-time membership changes.
+pub const MEMBERSHIP_PATH: &str = "/v1/membership";
 
 /// Header on a 409 answer naming the version the aux node holds instead.
 pub const CURRENT_VERSION_HEADER: &str = "shardcache-current-version";
@@ -32,6 +51,82 @@ pub fn encode_key(key: &str) -> String {
 /// The path that reads the shard of `key`.
 pub fn shard_path(key: &str) -> String {
     format!("{SHARDS_PATH}/{}", encode_key(key))
+}
+
+/// One shard as an inventory lists it: its header, without the payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryEntry {
+    pub key: String,
+    /// [`crate::ring::key_point`] of the key: the listing order.
+    pub point: u64,
+    pub version: Version,
+    pub shard_index: u8,
+    pub data_shards: u8,
+    pub parity_shards: u8,
+    pub tombstone: bool,
+    pub expires_at_ms: u64,
+}
+
+/// One page of an inventory; `next` is the cursor of the following page, if any.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InventoryPage {
+    pub entries: Vec<InventoryEntry>,
+    pub next: Option<InventoryCursor>,
+}
+
+/// Where an inventory page ends: the last `(point, key)` it listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryCursor {
+    pub point: u64,
+    pub key: String,
+}
+
+/// A master asks an aux node to grant (or extend) a named lease.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub name: String,
+    pub holder: String,
+    pub ttl_ms: u64,
+}
+
+/// The aux node's answer: granted, or who holds the lease and for how much longer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseAnswer {
+    pub granted: bool,
+    pub holder: String,
+    pub remaining_ms: u64,
+}
+
+/// Membership changes made at run time through a master's admin API, shared with
+/// every other master through the aux nodes. The newest version wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipDoc {
+    pub version: Version,
+    /// Aux addresses added at run time.
+    pub added: BTreeSet<String>,
+    /// Aux addresses removed at run time (configured or discovered ones too).
+    pub removed: BTreeSet<String>,
+}
+
+/// What an aux node says about itself on `GET /health`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AuxHealth {
+    pub status: String,
+    /// The node's identity on the ring, stable across restarts.
+    pub node_id: String,
+    pub store: AuxStoreSummary,
+    /// Version of the membership document the node holds, if any.
+    #[serde(default)]
+    pub membership_version: Option<Version>,
+}
+
+/// The store figures a master shows in its cluster view.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct AuxStoreSummary {
+    pub items: u64,
+    pub tombstones: u64,
+    pub bytes: u64,
+    pub capacity_bytes: u64,
 }
 
 #[cfg(test)]

@@ -1,0 +1,142 @@
+//! When and how the store is snapshotted and restored; the file format itself is in
+//! [`crate::snapshot`].
+//!
+//! A snapshot is taken every `--snapshot-interval` if anything changed since the last
+//! one, and once more at shutdown. Copying the store's frame list is cheap (the
+//! frames are reference-counted); the disk work runs on a blocking thread, never on
+//! the async threads that serve requests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use shardcache_common::unix_millis;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot;
+use crate::store::{RestoreReport, ShardStore};
+
+/// What `/health` shows about snapshots.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SnapshotReport {
+    /// Unix milliseconds of the last snapshot written successfully.
+    pub last_success_at_ms: Option<u64>,
+    pub last_duration_ms: u64,
+    pub last_entries: usize,
+    pub last_bytes: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// The file restored at start, and what it held.
+    pub restored_from: Option<PathBuf>,
+    pub restored: RestoreReport,
+    /// Snapshot files found corrupt at start, with the reason.
+    pub skipped_files: Vec<String>,
+}
+
+/// Shared snapshot bookkeeping: the report, and which store generation is on disk.
+#[derive(Default)]
+pub struct SnapshotStatus {
+    report: Mutex<SnapshotReport>,
+    saved_generation: Mutex<Option<u64>>,
+}
+
+impl SnapshotStatus {
+    pub fn report(&self) -> SnapshotReport {
+        self.report.lock().clone()
+    }
+}
+
+/// Loads the newest valid snapshot in `dir` into `store`, reporting corrupt files.
+pub async fn restore(
+    store: &ShardStore,
+    dir: &Path,
+    status: &SnapshotStatus,
+) -> anyhow::Result<()> {
+    let owned_dir = dir.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || snapshot::load_newest(&owned_dir)).await??;
+    let mut report = status.report.lock();
+    for (path, reason) in &loaded.skipped {
+        tracing::error!(path = %path.display(), %reason, "snapshot file is corrupt; skipped it");
+        report
+            .skipped_files
+            .push(format!("{}: {reason}", path.display()));
+    }
+    let Some(path) = loaded.path else {
+        tracing::info!(dir = %dir.display(), "no snapshot to restore; starting empty");
+        *status.saved_generation.lock() = Some(store.generation());
+        return Ok(());
+    };
+    let restored = store.restore(&loaded.frames, unix_millis());
+    tracing::info!(
+        path = %path.display(),
+        loaded = restored.loaded,
+        expired = restored.expired,
+        evicted = restored.evicted,
+        invalid = restored.invalid,
+        "restored snapshot"
+    );
+    report.restored_from = Some(path);
+    report.restored = restored;
+    *status.saved_generation.lock() = Some(store.generation());
+    Ok(())
+}
+
+/// Writes a snapshot if the store changed since the last one.
+pub async fn save_if_changed(store: &ShardStore, dir: &Path, status: &SnapshotStatus) {
+    let generation = store.generation();
+    if *status.saved_generation.lock() == Some(generation) {
+        return;
+    }
+    let frames = store.export();
+    let started = Instant::now();
+    let owned_dir = dir.to_owned();
+    let written = tokio::task::spawn_blocking(move || {
+        snapshot::write_snapshot(&owned_dir, &frames, unix_millis())
+    })
+    .await;
+    let mut report = status.report.lock();
+    match written {
+        Ok(Ok(written)) => {
+            report.last_success_at_ms = Some(unix_millis());
+            report.last_duration_ms = started.elapsed().as_millis() as u64;
+            report.last_entries = written.entries;
+            report.last_bytes = written.bytes;
+            report.last_error = None;
+            *status.saved_generation.lock() = Some(generation);
+            tracing::debug!(path = %written.path.display(), entries = written.entries, "snapshot written");
+        }
+        Ok(Err(error)) => {
+            report.failures += 1;
+            report.last_error = Some(error.to_string());
+            tracing::error!(dir = %dir.display(), %error, "snapshot failed");
+        }
+        Err(error) => {
+            report.failures += 1;
+            report.last_error = Some(error.to_string());
+            tracing::error!(%error, "snapshot task failed");
+        }
+    }
+}
+
+/// Background worker: a snapshot every `interval` (when changed) until `stop`.
+pub async fn run(
+    store: Arc<ShardStore>,
+    dir: PathBuf,
+    interval: Duration,
+    status: Arc<SnapshotStatus>,
+    stop: CancellationToken,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => save_if_changed(&store, &dir, &status).await,
+            () = stop.cancelled() => return,
+        }
+    }
+}
