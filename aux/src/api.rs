@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,8 @@ pub struct AuxState {
     pub store: Arc<ShardStore>,
     pub max_frame_bytes: usize,
     pub node_id: Arc<str>,
+    /// Random per process start (see [`AuxHealth::instance`]).
+    pub instance: u64,
     pub leases: Arc<Leases>,
     pub membership: Arc<MembershipStore>,
     pub snapshots: Arc<SnapshotStatus>,
@@ -157,13 +159,16 @@ async fn inventory(
     Json(InventoryPage { entries, next }).into_response()
 }
 
-async fn lease(
-    State(state): State<AuxState>,
-    request: Result<Json<LeaseRequest>, JsonRejection>,
-) -> Response {
-    match request {
-        Ok(Json(request)) => Json(state.leases.request(&request, Instant::now())).into_response(),
-        Err(rejection) => error(StatusCode::BAD_REQUEST, rejection.body_text()),
+/// Parses a JSON body whatever its content type (masters send every body as
+/// `application/octet-stream`).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|problem| format!("malformed JSON: {problem}"))
+}
+
+async fn lease(State(state): State<AuxState>, body: Bytes) -> Response {
+    match parse_json::<LeaseRequest>(&body) {
+        Ok(request) => Json(state.leases.request(&request, Instant::now())).into_response(),
+        Err(problem) => error(StatusCode::BAD_REQUEST, problem),
     }
 }
 
@@ -174,13 +179,10 @@ async fn get_membership(State(state): State<AuxState>) -> Response {
     }
 }
 
-async fn put_membership(
-    State(state): State<AuxState>,
-    doc: Result<Json<MembershipDoc>, JsonRejection>,
-) -> Response {
-    let Json(doc) = match doc {
+async fn put_membership(State(state): State<AuxState>, body: Bytes) -> Response {
+    let doc: MembershipDoc = match parse_json(&body) {
         Ok(doc) => doc,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
     };
     match state.membership.offer(doc) {
         Ok(()) => {
@@ -198,6 +200,7 @@ async fn health(State(state): State<AuxState>) -> Response {
     let summary = AuxHealth {
         status: "ok".into(),
         node_id: state.node_id.to_string(),
+        instance: state.instance,
         store: wire::AuxStoreSummary {
             items: stats.items,
             tombstones: stats.tombstones,
@@ -228,6 +231,7 @@ mod tests {
             store: Arc::new(ShardStore::new(1 << 20)),
             max_frame_bytes: 1 << 20,
             node_id: "aux-test".into(),
+            instance: 1,
             leases: Arc::default(),
             membership: Arc::new(MembershipStore::load(&dir.join("no-such-dir"))),
             snapshots: Arc::default(),
@@ -286,6 +290,44 @@ mod tests {
             .to_str()
             .unwrap();
         assert_eq!(held.parse::<Version>().unwrap().timestamp, 9);
+    }
+
+    #[tokio::test]
+    async fn leases_and_membership_accept_json_sent_as_octet_stream() {
+        let app = test_app();
+        let request = r#"{"name":"repair","holder":"m1","ttl_ms":1000}"#;
+        let granted = send(&app, "POST", wire::LEASE_PATH, Bytes::from(request)).await;
+        assert_eq!(granted.status(), StatusCode::OK);
+        let body = granted.into_body().collect().await.unwrap().to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["granted"], true);
+        let other = r#"{"name":"repair","holder":"m2","ttl_ms":1000}"#;
+        let refused = send(&app, "POST", wire::LEASE_PATH, Bytes::from(other)).await;
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (answer["granted"].as_bool(), answer["holder"].as_str()),
+            (Some(false), Some("m1"))
+        );
+
+        let doc = MembershipDoc {
+            version: Version {
+                timestamp: 5,
+                writer: 1,
+            },
+            ..MembershipDoc::default()
+        };
+        let body = Bytes::from(serde_json::to_vec(&doc).unwrap());
+        let stored = send(&app, "PUT", wire::MEMBERSHIP_PATH, body.clone()).await;
+        assert_eq!(stored.status(), StatusCode::NO_CONTENT);
+        let again = send(&app, "PUT", wire::MEMBERSHIP_PATH, body).await;
+        assert_eq!(
+            again.status(),
+            StatusCode::CONFLICT,
+            "not newer than the held one"
+        );
+        let bad = send(&app, "POST", wire::LEASE_PATH, Bytes::from_static(b"{")).await;
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

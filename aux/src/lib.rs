@@ -73,6 +73,7 @@ pub async fn run(
         store: store.clone(),
         max_frame_bytes: config.max_frame_bytes(),
         node_id: node_id.as_str().into(),
+        instance: rand::random(),
         leases: Arc::default(),
         membership: Arc::new(MembershipStore::load(&config.data_dir)),
         snapshots: snapshots.clone(),

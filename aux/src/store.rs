@@ -8,7 +8,8 @@
 //! - `bytes <= capacity` after every operation: each entry is accounted as its key,
 //!   its frame and [`ENTRY_OVERHEAD`], and least-recently-used entries are evicted
 //!   until the store fits (invariant 5).
-//! - A put never replaces a newer version with an older one (invariant 2).
+//! - A put never replaces a newer version with an older one (invariant 2); the same
+//!   version replaces only when it carries another shard index of that write.
 //! - An expired entry is never returned, and [`ShardStore::sweep_expired`] reclaims it.
 //!
 //! Time is passed in (`now_ms`, Unix milliseconds) rather than read here, so tests
@@ -147,7 +148,10 @@ impl ShardStore {
                 inner.stats.superseded_puts += 1;
                 return PutResult::Superseded(held);
             }
-            if existing.version == frame.version {
+            // The same write with another shard index replaces it: a rebalancer
+            // giving this node a different index of the write than it holds (so
+            // that no two owners hold the same one).
+            if existing.version == frame.version && existing.shard_index == frame.shard_index {
                 return PutResult::AlreadyHeld;
             }
         }
@@ -408,6 +412,17 @@ mod tests {
             PutResult::AlreadyHeld
         );
         assert_eq!(held_version(&store, "k", 0), Some(10));
+        let other_index = ShardFrame {
+            shard_index: 3,
+            ..frame("k", 10, 50, 0)
+        };
+        assert_eq!(
+            put(&store, &other_index, 0),
+            PutResult::Stored,
+            "another index of the same write replaces"
+        );
+        let held = ShardFrame::decode(store.get("k", 0).unwrap()).unwrap();
+        assert_eq!(held.shard_index, 3);
         assert_eq!(put(&store, &tombstone("k", 11), 0), PutResult::Stored);
         assert!(matches!(
             put(&store, &frame("k", 10, 50, 0), 0),

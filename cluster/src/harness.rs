@@ -4,7 +4,7 @@
 //! `shardcache` executable with its `aux` and `master` subcommands. Each node may be
 //! started on port 0; it prints `listening on ADDR` as its first stdout line and the
 //! harness reads the port from there, so tests never guess free ports. A node keeps
-//! its address across restarts (its identity on the ring). Each node's stdin is a pipe
+//! its address and its ring identity (`--node-id aux-N`) across restarts. Each node's stdin is a pipe
 //! held by the harness and nodes run with `--stop-with-parent`: if the harness dies,
 //! however it dies, the pipe closes and every node exits.
 
@@ -252,26 +252,38 @@ impl LocalCluster {
             masters: Vec::new(),
             aux: Vec::new(),
         };
-        for index in 0..spec.aux_nodes {
-            let listen = SocketAddr::new(spec.host, ClusterSpec::port(spec.aux_port, index)?);
-            let data_dir = spec.data_dir.join(format!("aux-{index}"));
-            let mut args = vec!["--data-dir".to_owned(), data_dir.display().to_string()];
-            args.extend(spec.aux_args.iter().cloned());
-            let log = log_dir.join(format!("aux-{index}.log"));
-            let node = Node::start(
-                &cluster.exe,
-                "aux",
-                format!("aux-{index}"),
-                listen,
-                args,
-                log,
-            )?;
-            cluster.aux.push(node);
+        for _ in 0..spec.aux_nodes {
+            cluster.add_aux()?;
         }
         for index in 0..spec.masters {
             cluster.add_master(index)?;
         }
         Ok(cluster)
+    }
+
+    /// Starts one more aux node (`aux-N`, N counting on); returns its index. Masters
+    /// learn of it only when told (`POST /cluster/nodes`) or restarted.
+    pub fn add_aux(&mut self) -> anyhow::Result<usize> {
+        let index = self.aux.len();
+        let spec = &self.spec;
+        let listen = SocketAddr::new(spec.host, ClusterSpec::port(spec.aux_port, index)?);
+        let name = format!("aux-{index}");
+        let mut args = vec![
+            "--data-dir".to_owned(),
+            self.aux_data_dir(index).display().to_string(),
+            "--node-id".to_owned(),
+            name.clone(),
+        ];
+        args.extend(spec.aux_args.iter().cloned());
+        let log = spec.data_dir.join("logs").join(format!("{name}.log"));
+        let node = Node::start(&self.exe, "aux", name, listen, args, log)?;
+        self.aux.push(node);
+        Ok(index)
+    }
+
+    /// Where aux node `index` keeps its snapshots.
+    pub fn aux_data_dir(&self, index: usize) -> PathBuf {
+        self.spec.data_dir.join(format!("aux-{index}"))
     }
 
     fn add_master(&mut self, index: usize) -> anyhow::Result<()> {
@@ -314,6 +326,17 @@ impl LocalCluster {
         let node = &mut self.aux[index];
         node.kill();
         node.spawn(&exe)
+    }
+
+    /// Kills aux node `index`, deletes its data directory (snapshots; the identity
+    /// is given by flag and survives) and starts it again, empty.
+    pub fn restart_aux_empty(&mut self, index: usize) -> anyhow::Result<()> {
+        self.aux[index].kill();
+        let dir = self.aux_data_dir(index);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("wipe {}", dir.display()))?;
+        }
+        self.restart_aux(index)
     }
 
     /// Every node, aux nodes first.

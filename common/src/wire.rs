@@ -114,6 +114,10 @@ pub struct AuxHealth {
     pub status: String,
     /// The node's identity on the ring, stable across restarts.
     pub node_id: String,
+    /// Random per process start: a change tells masters the node restarted (and may
+    /// have lost shards) even when no probe saw it down.
+    #[serde(default)]
+    pub instance: u64,
     pub store: AuxStoreSummary,
     /// Version of the membership document the node holds, if any.
     #[serde(default)]

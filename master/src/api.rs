@@ -1,7 +1,9 @@
-//! The master's client API: `POST /data`, `GET`/`DELETE /data/{key}`, `GET /health`.
+//! The master's client API — `POST /data`, `GET`/`DELETE /data/{key}`, `GET /health`,
+//! `GET /ready` — and its admin API: `GET /cluster`, `POST /cluster/nodes`,
+//! `DELETE /cluster/nodes/{id}`.
 //!
-//! Handlers validate input and translate between JSON and the [`DataPath`]; they
-//! hold no state of their own.
+//! Handlers validate input and translate between JSON and the [`DataPath`] or the
+//! [`crate::cluster::Cluster`]; they hold no state of their own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use crate::config::{MasterConfig, MAX_TTL_SECONDS};
 use crate::data_path::DataPath;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
+use crate::repair::Repairer;
 
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
 pub const VERSION_HEADER: &str = "shardcache-version";
@@ -27,8 +30,17 @@ pub const VERSION_HEADER: &str = "shardcache-version";
 #[derive(Clone)]
 pub struct AppState {
     pub data: Arc<DataPath>,
+    pub repairer: Arc<Repairer>,
     pub limits: Limits,
-    pub summary: Arc<serde_json::Value>,
+    pub geometry: Geometry,
+}
+
+/// The erasure-coding geometry, as `/health` and `/cluster` show it.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Geometry {
+    pub data_shards: u8,
+    pub parity_shards: u8,
+    pub write_quorum: u8,
 }
 
 /// Input limits enforced by the handlers.
@@ -56,6 +68,10 @@ pub fn app(state: AppState) -> Router {
         .route("/data/", get(empty_key).delete(empty_key))
         .route("/data/{*key}", get(get_value).delete(delete_value))
         .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/cluster", get(cluster))
+        .route("/cluster/nodes", post(add_node))
+        .route("/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -138,8 +154,82 @@ async fn delete_value(
     }
 }
 
+/// `ok` when every aux node on the ring is up, `degraded` while some are not but
+/// writes can still reach their quorum, `unavailable` below that.
+fn cluster_health(state: &AppState) -> (&'static str, usize, usize) {
+    let view = state.data.cluster().view();
+    let (up, total) = (view.up_nodes().len(), view.all_nodes().len());
+    let status = if up < usize::from(state.geometry.write_quorum) {
+        "unavailable"
+    } else if up < total {
+        "degraded"
+    } else {
+        "ok"
+    };
+    (status, up, total)
+}
+
+/// Liveness: always 200 while the process serves, with the cluster's condition.
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json((*state.summary).clone())
+    let (status, up, total) = cluster_health(&state);
+    Json(json!({
+        "status": status,
+        "aux_nodes_up": up,
+        "aux_nodes": total,
+        "data_shards": state.geometry.data_shards,
+        "parity_shards": state.geometry.parity_shards,
+        "write_quorum": state.geometry.write_quorum,
+    }))
+}
+
+/// Readiness: 503 while too few aux nodes are up for a write to reach its quorum.
+async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match cluster_health(&state) {
+        ("unavailable", up, total) => Err(ApiError::Unavailable(format!(
+            "only {up} of {total} aux nodes are up; writes need {}",
+            state.geometry.write_quorum
+        ))),
+        (status, up, total) => Ok(Json(
+            json!({ "status": status, "aux_nodes_up": up, "aux_nodes": total }),
+        )),
+    }
+}
+
+/// The cluster as this master sees it: nodes, states, ring and repair progress.
+async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut view = state.data.cluster().describe();
+    view["geometry"] = json!(state.geometry);
+    view["read_repaired_shards"] = json!(state
+        .data
+        .read_repaired_shards
+        .load(std::sync::atomic::Ordering::Relaxed));
+    view["repair"] = serde_json::to_value(state.repairer.status()).unwrap_or_default();
+    Json(view)
+}
+
+/// Body of `POST /cluster/nodes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNodeRequest {
+    address: String,
+}
+
+async fn add_node(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<AddNodeRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let doc = state.data.cluster().add_node(&request.address).await?;
+    Ok(Json(
+        json!({ "added": request.address.trim(), "membership": doc }),
+    ))
+}
+
+async fn remove_node(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let doc = state.data.cluster().remove_node(&id).await?;
+    Ok(Json(json!({ "removed": id, "membership": doc })))
 }
 
 /// Answers 413 from the `Content-Length` header alone, before any of the body is read
@@ -253,16 +343,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn health_describes_the_geometry() {
-        let (status, body) = call(&master_without_aux_nodes(), "GET", "/health", "").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["status"], "ok");
+    async fn health_describes_the_geometry_and_readiness_needs_a_quorum() {
+        let app = master_without_aux_nodes();
+        let (status, body) = call(&app, "GET", "/health", "").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "liveness does not depend on aux nodes"
+        );
+        assert_eq!(body["status"], "unavailable");
         assert_eq!(
             (body["data_shards"].as_u64(), body["parity_shards"].as_u64()),
             (Some(3), Some(2))
         );
         assert_eq!(body["write_quorum"], 4);
-        assert_eq!(body["aux_nodes"].as_array().unwrap().len(), 6);
+        let (status, body) = call(&app, "GET", "/ready", "").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    #[tokio::test]
+    async fn admin_input_is_validated() {
+        let app = master_without_aux_nodes();
+        let (status, body) = call(&app, "POST", "/cluster/nodes", r#"{"address":"no-port"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, _) = call(&app, "POST", "/cluster/nodes", r#"{"addr":"x:1"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, body) = call(&app, "DELETE", "/cluster/nodes/nobody", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = call(&app, "GET", "/cluster", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["nodes"].as_array().unwrap().len(), 6);
+        assert_eq!(body["repair"]["complete"], false);
     }
 
     #[tokio::test]

@@ -15,10 +15,57 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Aux nodes as host:port, comma-separated. Every master must be given the same
-    /// set (order does not matter): it decides where each key's shards live.
-    #[arg(long, env = "SHARDCACHE_AUX", value_delimiter = ',', required = true)]
+    /// Aux nodes as host:port, comma-separated. Every master should be given the
+    /// same set (order does not matter); nodes can also be added at run time
+    /// (`POST /cluster/nodes`) or discovered with --aux-dns.
+    #[arg(
+        long,
+        env = "SHARDCACHE_AUX",
+        value_delimiter = ',',
+        required_unless_present = "aux_dns"
+    )]
     pub aux: Vec<String>,
+
+    /// A host:port whose name resolves to many aux nodes (a Kubernetes headless
+    /// service, a scaled compose service); re-resolved every --dns-refresh.
+    #[arg(long, env = "SHARDCACHE_AUX_DNS")]
+    pub aux_dns: Option<String>,
+
+    /// How often --aux-dns is resolved again.
+    #[arg(long, env = "SHARDCACHE_DNS_REFRESH", default_value = "10s")]
+    pub dns_refresh: HumanDuration,
+
+    /// How often every aux node's health is probed.
+    #[arg(long, env = "SHARDCACHE_PROBE_INTERVAL", default_value = "1s")]
+    pub probe_interval: HumanDuration,
+
+    /// Deadline of one health probe.
+    #[arg(long, env = "SHARDCACHE_PROBE_TIMEOUT", default_value = "500ms")]
+    pub probe_timeout: HumanDuration,
+
+    /// Consecutive failed probes after which a node is suspect.
+    #[arg(long, env = "SHARDCACHE_SUSPECT_AFTER", default_value_t = 1)]
+    pub suspect_after: u32,
+
+    /// Consecutive failed probes after which a node is down: skipped by placement,
+    /// never waited for.
+    #[arg(long, env = "SHARDCACHE_DOWN_AFTER", default_value_t = 3)]
+    pub down_after: u32,
+
+    /// How long a down node may stay away before its shards are rebuilt on other
+    /// nodes.
+    #[arg(long, env = "SHARDCACHE_REPAIR_GRACE", default_value = "30s")]
+    pub repair_grace: HumanDuration,
+
+    /// Time between full anti-entropy passes when membership is stable (passes also
+    /// start whenever placement changes).
+    #[arg(long, env = "SHARDCACHE_REPAIR_INTERVAL", default_value = "10m")]
+    pub repair_interval: HumanDuration,
+
+    /// Keys repaired at once: higher repairs faster, lower leaves more of the
+    /// machine to client requests.
+    #[arg(long, env = "SHARDCACHE_REPAIR_CONCURRENCY", default_value_t = 4)]
+    pub repair_concurrency: usize,
 
     /// k: data shards per value. Any k shards rebuild it.
     #[arg(long, env = "SHARDCACHE_DATA_SHARDS", default_value_t = 3)]
@@ -50,6 +97,11 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_TOMBSTONE_TTL", default_value = "24h")]
     pub tombstone_ttl: HumanDuration,
 
+    /// Repair without taking the lease (tests only: proves that concurrent repairs
+    /// are harmless).
+    #[arg(long, hide = true)]
+    pub repair_ignore_lease: bool,
+
     /// Exit when standard input closes (set by the launcher, so that nodes never
     /// outlive it).
     #[arg(long, env = "SHARDCACHE_STOP_WITH_PARENT", hide = true)]
@@ -78,7 +130,7 @@ impl MasterConfig {
         if distinct.iter().any(|node| node.trim().is_empty()) {
             return Err("--aux contains an empty address".into());
         }
-        if distinct.len() < k + m {
+        if self.aux_dns.is_none() && distinct.len() < k + m {
             return Err(format!(
                 "--data-shards {k} + --parity-shards {m} needs at least {} distinct aux nodes, --aux lists {}",
                 k + m,
@@ -99,6 +151,25 @@ impl MasterConfig {
         }
         if self.max_value_size.bytes() > 1 << 30 {
             return Err("--max-value-size must be at most 1GiB".into());
+        }
+        if self.suspect_after == 0 || self.down_after < self.suspect_after {
+            return Err(
+                "--suspect-after must be at least 1 and --down-after at least --suspect-after"
+                    .into(),
+            );
+        }
+        for (flag, value) in [
+            ("--probe-interval", self.probe_interval.0),
+            ("--probe-timeout", self.probe_timeout.0),
+            ("--dns-refresh", self.dns_refresh.0),
+            ("--repair-interval", self.repair_interval.0),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(format!("{flag} must be at least 1ms"));
+            }
+        }
+        if self.repair_concurrency == 0 {
+            return Err("--repair-concurrency must be at least 1".into());
         }
         Ok(())
     }

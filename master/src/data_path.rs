@@ -18,32 +18,53 @@
 //! **Delete.** A read (so a missing key answers 404), then a tombstone with a newer
 //! version to every owner, acknowledged at the same quorum as a write.
 //!
+//! **Owners** are the first `k + m` nodes of the key's placement in the current
+//! [`View`]: down nodes are skipped (their shard goes to the next node of the ring)
+//! and never waited for. When the owners' answers are inconclusive (no version
+//! decodable, or a miss shortly after placement changed), the read also asks the rest
+//! of the placement, where shards written under another view may still sit.
+//!
+//! **Read-repair.** A read that decoded a value (or found a tombstone) and heard an
+//! owner answer "none" or an older version gives that owner the missing shard in the
+//! background, version-guarded like every write.
+//!
 //! Every shard request runs in a task of its own with the client's timeout, and is
 //! left to finish after the client got its answer: the remaining owners still receive
 //! their shards, and dropping a request half-way would close its pooled connection.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use shardcache_common::aux_client::{AuxClient, PutOutcome};
-use shardcache_common::codec::{value_checksum, Codec};
+use shardcache_common::codec::{value_checksum, Codec, CodecError};
 use shardcache_common::frame::ShardFrame;
-use shardcache_common::ring::Ring;
 use shardcache_common::unix_millis;
 use shardcache_common::version::{HybridClock, Version};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
+use crate::cluster::{Cluster, Node};
 use crate::error::ApiError;
 
 /// How often a read that found only partial versions (racing writers) is retried.
 const PARTIAL_READ_RETRIES: u32 = 4;
 
+/// For this long after placement changed, a miss also asks the nodes beyond the
+/// owners: shards may not have been moved to their new owners yet.
+const RECENT_PLACEMENT_CHANGE: Duration = Duration::from_secs(300);
+
+/// Most read-repairs in flight; beyond it a read leaves the fix to the repairer.
+const MAX_READ_REPAIRS_IN_FLIGHT: usize = 64;
+
 /// What one round of a read found.
 enum ReadOutcome {
     Value(Found),
-    /// No value: never written, expired, or deleted (a tombstone is newest).
+    /// Deleted: a tombstone is the newest version.
+    Deleted,
+    /// No value: never written, or expired.
     Absent,
     /// Every owner answered, but no version had `k` shards.
     Partial,
@@ -55,11 +76,13 @@ enum ReadOutcome {
 pub struct Found {
     pub version: Version,
     pub value: Vec<u8>,
+    /// Unix milliseconds at which the value expires; 0 = never.
+    pub expires_at_ms: u64,
 }
 
 /// Everything a master needs to place, code and fetch shards.
 pub struct DataPath {
-    ring: Ring,
+    cluster: Arc<Cluster>,
     codec: Codec,
     client: AuxClient,
     clock: HybridClock,
@@ -67,11 +90,14 @@ pub struct DataPath {
     /// Derived from the geometry and `write_quorum` once; see [`ReadFloors`].
     read_floors: ReadFloors,
     tombstone_ttl: Duration,
+    read_repairs: Arc<Semaphore>,
+    /// Shards written back to owners by read-repair.
+    pub read_repaired_shards: Arc<AtomicU64>,
 }
 
 impl DataPath {
     pub fn new(
-        ring: Ring,
+        cluster: Arc<Cluster>,
         codec: Codec,
         client: AuxClient,
         write_quorum: usize,
@@ -83,14 +109,25 @@ impl DataPath {
             usize::from(codec.parity_shards()),
         );
         DataPath {
-            ring,
+            cluster,
             codec,
             client,
             clock: HybridClock::with_random_writer(),
             write_quorum,
             read_floors,
             tombstone_ttl,
+            read_repairs: Arc::new(Semaphore::new(MAX_READ_REPAIRS_IN_FLIGHT)),
+            read_repaired_shards: Arc::default(),
         }
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The client for shard calls (bounded by `--shard-timeout`).
+    pub fn client(&self) -> &AuxClient {
+        &self.client
     }
 
     fn total_shards(&self) -> usize {
@@ -169,15 +206,25 @@ impl DataPath {
     }
 
     /// Sends frame `i` to the key's owner of rank `i`; returns once the write quorum
-    /// acknowledged, or fails once it no longer can.
+    /// acknowledged, or fails once it no longer can. With fewer nodes up than
+    /// `k + m`, the shards beyond the last owner are not stored (repair adds them
+    /// once nodes return).
     async fn store_frames(&self, key: &str, frames: Vec<Bytes>) -> Result<(), ApiError> {
-        let owners = self.ring.owners(key, frames.len());
+        let owners = self.cluster.view().owners(key, frames.len());
         let total = owners.len();
+        if total < self.write_quorum {
+            return Err(ApiError::Unavailable(format!(
+                "write quorum not reached: only {total} aux nodes are up, {} needed",
+                self.write_quorum
+            )));
+        }
         let mut answers = fan_out(owners.into_iter().zip(frames).map(|(owner, frame)| {
-            let (client, node) = (self.client.clone(), owner.to_owned());
-            (owner.to_owned(), async move {
-                client.put_shard(&node, frame).await
-            })
+            let client = self.client.clone();
+            let address = owner.address.clone();
+            (
+                owner,
+                async move { client.put_shard(&address, frame).await },
+            )
         }));
         let (mut acknowledged, mut failures) = (0, Vec::new());
         while let Some((owner, outcome)) = answers.recv().await {
@@ -188,8 +235,8 @@ impl DataPath {
                     acknowledged += 1;
                 }
                 Err(error) => {
-                    tracing::debug!(%owner, %error, "shard write failed");
-                    failures.push(format!("{owner}: {error}"));
+                    tracing::debug!(node = %owner.id, %error, "shard write failed");
+                    failures.push(format!("{}: {error}", owner.id));
                 }
             }
             if acknowledged >= self.write_quorum {
@@ -216,7 +263,7 @@ impl DataPath {
         for attempt in 0.. {
             match self.read_once(key).await {
                 ReadOutcome::Value(found) => return Ok(Some(found)),
-                ReadOutcome::Absent => return Ok(None),
+                ReadOutcome::Absent | ReadOutcome::Deleted => return Ok(None),
                 ReadOutcome::Partial if attempt < PARTIAL_READ_RETRIES => {
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
@@ -229,56 +276,97 @@ impl DataPath {
         unreachable!("the retry loop always returns")
     }
 
-    /// One round of asking every owner of `key` for its shard.
+    /// One round of asking the owners of `key` for their shards, and the rest of its
+    /// placement too when the owners' answers are inconclusive.
     async fn read_once(&self, key: &str) -> ReadOutcome {
-        let owners = self.ring.owners(key, self.total_shards());
-        let mut answers = fan_out(owners.into_iter().map(|owner| {
-            let (client, node, key) = (self.client.clone(), owner.to_owned(), key.to_owned());
-            (owner.to_owned(), async move {
-                client.get_shard(&node, &key).await
+        let view = self.cluster.view();
+        let mut placement = view.placement(key);
+        let beyond = placement.split_off(self.total_shards().min(placement.len()));
+        let owners = placement;
+        let mut seen = SeenVersions::default();
+        self.collect(key, &owners, &mut seen, true).await;
+        let outcome = self.decide(key, &seen, self.read_floors);
+        let recently_moved = view.changed_at.elapsed() < RECENT_PLACEMENT_CHANGE;
+        let inconclusive = match &outcome {
+            ReadOutcome::Partial | ReadOutcome::Unavailable(_) => true,
+            ReadOutcome::Absent => recently_moved,
+            ReadOutcome::Value(_) | ReadOutcome::Deleted => false,
+        };
+        if !inconclusive || beyond.is_empty() {
+            self.read_repair(key, &owners, &seen, &outcome);
+            return outcome;
+        }
+        tracing::debug!(
+            key,
+            asked = beyond.len(),
+            "owners were inconclusive; asking the other nodes"
+        );
+        self.collect(key, &beyond, &mut seen, false).await;
+        let outcome = self.decide(key, &seen, self.read_floors);
+        self.read_repair(key, &owners, &seen, &outcome);
+        outcome
+    }
+
+    /// Asks `nodes` for their shard of `key`, adding the answers to `seen`. With
+    /// `settle_early`, stops listening once the newest version is settled (see
+    /// [`ReadFloors`]); the remaining requests finish in the background.
+    async fn collect(
+        &self,
+        key: &str,
+        nodes: &[Node],
+        seen: &mut SeenVersions,
+        settle_early: bool,
+    ) {
+        let mut answers = fan_out(nodes.iter().map(|node| {
+            let (client, address, key) =
+                (self.client.clone(), node.address.clone(), key.to_owned());
+            (node.clone(), async move {
+                client.get_shard(&address, &key).await
             })
         }));
-        let floors = self.read_floors;
-        let mut seen = SeenVersions::default();
         let now_ms = unix_millis();
-        while let Some((owner, outcome)) = answers.recv().await {
+        while let Some((node, outcome)) = answers.recv().await {
             match outcome {
                 Ok(Some(frame)) if frame.key != key => {
-                    tracing::warn!(%owner, held = %frame.key, "aux node answered with another key's shard");
+                    tracing::warn!(node = %node.id, held = %frame.key, "aux node answered with another key's shard");
                     seen.failures += 1;
                 }
-                Ok(Some(frame)) if frame.is_expired(now_ms) => seen.answered += 1,
+                Ok(Some(frame)) if frame.is_expired(now_ms) => seen.add_none(node),
                 Ok(Some(frame)) => {
                     self.clock.observe(frame.version);
-                    seen.add(frame);
+                    seen.add(node, frame);
                 }
-                Ok(None) => seen.answered += 1,
+                Ok(None) => seen.add_none(node),
                 Err(error) => {
-                    tracing::debug!(%owner, %error, "shard read failed");
+                    tracing::debug!(node = %node.id, %error, "shard read failed");
                     seen.failures += 1;
                 }
             }
-            if seen.answered >= floors.settle && seen.newest_is_settled() {
+            if settle_early && seen.answered >= self.read_floors.settle && seen.newest_is_settled()
+            {
                 break;
             }
         }
-        self.decide(key, seen, floors)
     }
 
     /// Turns the shards a read collected into its answer: the newest decodable
     /// version, unless a newer tombstone says the key was deleted.
-    fn decide(&self, key: &str, seen: SeenVersions, floors: ReadFloors) -> ReadOutcome {
+    fn decide(&self, key: &str, seen: &SeenVersions, floors: ReadFloors) -> ReadOutcome {
         let mut partial = false;
-        for (version, shards) in seen.versions.into_iter().rev() {
+        for (version, shards) in seen.versions.iter().rev() {
             if shards.tombstone {
-                return ReadOutcome::Absent;
+                return ReadOutcome::Deleted;
             }
             if shards.frames.len() < shards.needed() {
                 partial = true;
                 continue;
             }
             return match self.decode(&shards.frames) {
-                Ok(value) => ReadOutcome::Value(Found { version, value }),
+                Ok(value) => ReadOutcome::Value(Found {
+                    version: *version,
+                    value,
+                    expires_at_ms: shards.frames[0].expires_at_ms,
+                }),
                 Err(error) => {
                     tracing::error!(key, %version, %error, "stored shards failed verification");
                     ReadOutcome::Unavailable(format!(
@@ -300,26 +388,142 @@ impl DataPath {
         }
     }
 
-    fn decode(
+    /// Gives owners that answered "none" or an older version the shard they lack, in
+    /// the background, when every owner answered. Conditional puts make a stale
+    /// repair harmless.
+    fn read_repair(&self, key: &str, owners: &[Node], seen: &SeenVersions, outcome: &ReadOutcome) {
+        let (version, frames) = match outcome {
+            ReadOutcome::Value(found) => {
+                let Some(shards) = seen.versions.get(&found.version) else {
+                    return;
+                };
+                let Ok(frames) = self.rebuild_frames(&shards.frames, &found.value) else {
+                    return;
+                };
+                (found.version, frames)
+            }
+            ReadOutcome::Deleted => {
+                let Some((version, shards)) = seen.versions.last_key_value() else {
+                    return;
+                };
+                let Some(template) = &shards.template else {
+                    return;
+                };
+                let frames = (0..self.total_shards())
+                    .map(|index| ShardFrame {
+                        shard_index: index as u8,
+                        ..template.clone()
+                    })
+                    .collect();
+                (*version, frames)
+            }
+            _ => return,
+        };
+        // Indices are only known to be free once every owner has answered; a read
+        // that settled early leaves the fix to the repairer rather than risk giving
+        // two owners the same index.
+        if !owners
+            .iter()
+            .all(|owner| seen.answers.contains_key(&owner.id))
+        {
+            return;
+        }
+        let lacking: Vec<&Node> = owners
+            .iter()
+            .filter(|owner| match seen.answers.get(&owner.id) {
+                Some(Some(held)) => *held < version,
+                Some(None) => true,
+                None => false, // did not answer (yet): nothing known
+            })
+            .collect();
+        if lacking.is_empty() {
+            return;
+        }
+        let held_indices: Vec<u8> = seen
+            .versions
+            .get(&version)
+            .map(|shards| {
+                shards
+                    .frames
+                    .iter()
+                    .map(|frame| frame.shard_index)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let spare = frames
+            .into_iter()
+            .filter(|frame| frame.tombstone || !held_indices.contains(&frame.shard_index));
+        for (owner, frame) in lacking.into_iter().zip(spare) {
+            let Ok(permit) = self.read_repairs.clone().try_acquire_owned() else {
+                return;
+            };
+            let (client, address, id) =
+                (self.client.clone(), owner.address.clone(), owner.id.clone());
+            let counter = self.read_repaired_shards.clone();
+            let key = key.to_owned();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match client.put_shard(&address, frame.encode()).await {
+                    Ok(PutOutcome::Stored) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(key, node = %id, "read-repaired a shard");
+                    }
+                    Ok(PutOutcome::Superseded(_)) => {}
+                    Err(error) => tracing::debug!(key, node = %id, %error, "read-repair failed"),
+                }
+            });
+        }
+    }
+
+    /// All `k + m` frames of the write that `frames` (any `k` of its shards) and the
+    /// decoded `value` belong to, with the same version, expiry and checksum.
+    pub(crate) fn rebuild_frames(
         &self,
         frames: &[ShardFrame],
-    ) -> Result<Vec<u8>, shardcache_common::codec::CodecError> {
+        value: &[u8],
+    ) -> Result<Vec<ShardFrame>, CodecError> {
         let first = &frames[0];
-        let geometry_differs = (first.data_shards, first.parity_shards)
-            != (self.codec.data_shards(), self.codec.parity_shards());
-        // Shards written under another k/m (a reconfigured cluster) decode with their own.
-        let own_codec;
-        let codec = if geometry_differs {
-            own_codec = Codec::new(first.data_shards, first.parity_shards)?;
-            &own_codec
+        let shards = self.with_codec(first, |codec| codec.encode(value))?;
+        Ok(shards
+            .into_iter()
+            .enumerate()
+            .map(|(index, shard)| ShardFrame {
+                shard_index: index as u8,
+                payload: Bytes::from(shard),
+                ..first.clone()
+            })
+            .collect())
+    }
+
+    /// The codec for the geometry `frame` was written with (shards written under
+    /// another k/m, by a reconfigured cluster, decode with their own).
+    fn with_codec<R>(
+        &self,
+        frame: &ShardFrame,
+        work: impl FnOnce(&Codec) -> R,
+    ) -> Result<R, CodecError> {
+        if (frame.data_shards, frame.parity_shards)
+            == (self.codec.data_shards(), self.codec.parity_shards())
+        {
+            Ok(work(&self.codec))
         } else {
-            &self.codec
-        };
-        let mut shards = vec![None; codec.total_shards()];
-        for frame in frames {
-            shards[usize::from(frame.shard_index)] = Some(frame.payload.to_vec());
+            Ok(work(&Codec::new(frame.data_shards, frame.parity_shards)?))
         }
-        codec.decode(shards, first.value_len, first.value_checksum)
+    }
+
+    /// Decodes the value from `k` or more distinct shards of one write and verifies
+    /// its checksum.
+    pub(crate) fn decode(&self, frames: &[ShardFrame]) -> Result<Vec<u8>, CodecError> {
+        let first = &frames[0];
+        self.with_codec(first, |codec| {
+            let mut shards = vec![None; codec.total_shards()];
+            for frame in frames {
+                if let Some(slot) = shards.get_mut(usize::from(frame.shard_index)) {
+                    *slot = Some(frame.payload.to_vec());
+                }
+            }
+            codec.decode(shards, first.value_len, first.value_checksum)
+        })?
     }
 }
 
@@ -355,12 +559,13 @@ impl ReadFloors {
 /// each finishes. The tasks outlive the receiver: a caller that stops listening once
 /// it has enough answers leaves the rest to complete (their shards still land, and
 /// their pooled connections stay open).
-fn fan_out<T, Fut>(calls: impl Iterator<Item = (String, Fut)>) -> mpsc::Receiver<(String, T)>
+fn fan_out<L, T, Fut>(calls: impl Iterator<Item = (L, Fut)>) -> mpsc::Receiver<(L, T)>
 where
+    L: Send + 'static,
     T: Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
 {
-    let calls: Vec<(String, Fut)> = calls.collect();
+    let calls: Vec<(L, Fut)> = calls.collect();
     let (results, answers) = mpsc::channel(calls.len().max(1));
     for (owner, call) in calls {
         let results = results.clone();
@@ -376,15 +581,19 @@ where
 #[derive(Default)]
 struct SeenVersions {
     versions: BTreeMap<Version, VersionShards>,
-    /// Owners that answered (with a shard, a tombstone or "none").
+    /// What each node that answered holds: a version, or nothing (`None`).
+    answers: std::collections::HashMap<Arc<str>, Option<Version>>,
+    /// Nodes that answered (with a shard, a tombstone or "none").
     answered: usize,
-    /// Owners that failed or timed out.
+    /// Nodes that failed or timed out.
     failures: usize,
 }
 
 #[derive(Default)]
 struct VersionShards {
     tombstone: bool,
+    /// A tombstone frame of this version, to copy when repairing a delete.
+    template: Option<ShardFrame>,
     /// Distinct shard indices of one write; all share its header fields.
     frames: Vec<ShardFrame>,
 }
@@ -398,11 +607,18 @@ impl VersionShards {
 }
 
 impl SeenVersions {
-    fn add(&mut self, frame: ShardFrame) {
+    fn add_none(&mut self, node: Node) {
         self.answered += 1;
+        self.answers.insert(node.id, None);
+    }
+
+    fn add(&mut self, node: Node, frame: ShardFrame) {
+        self.answered += 1;
+        self.answers.insert(node.id, Some(frame.version));
         let shards = self.versions.entry(frame.version).or_default();
         if frame.tombstone {
             shards.tombstone = true;
+            shards.template.get_or_insert(frame);
             return;
         }
         let same_write = |held: &ShardFrame| {
@@ -476,6 +692,13 @@ mod tests {
         }
     }
 
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            address: id.into(),
+        }
+    }
+
     #[test]
     fn the_newest_version_settles_only_once_decodable_or_deleted() {
         let mut seen = SeenVersions::default();
@@ -483,21 +706,21 @@ mod tests {
             !seen.newest_is_settled(),
             "nothing seen is never settled early"
         );
-        seen.add(frame(1, 0, false));
-        seen.add(frame(1, 1, false));
-        seen.add(frame(1, 1, false));
+        seen.add(node("n"), frame(1, 0, false));
+        seen.add(node("n"), frame(1, 1, false));
+        seen.add(node("n"), frame(1, 1, false));
         assert!(
             !seen.newest_is_settled(),
             "a duplicate index does not count twice"
         );
-        seen.add(frame(1, 2, false));
+        seen.add(node("n"), frame(1, 2, false));
         assert!(seen.newest_is_settled());
-        seen.add(frame(2, 0, false));
+        seen.add(node("n"), frame(2, 0, false));
         assert!(
             !seen.newest_is_settled(),
             "a newer partial version is not settled"
         );
-        seen.add(frame(3, 4, true));
+        seen.add(node("n"), frame(3, 4, true));
         assert!(seen.newest_is_settled(), "a newer tombstone is");
         assert_eq!(seen.answered, 6);
     }

@@ -22,6 +22,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotAcceptable(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -33,7 +35,19 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<crate::cluster::MembershipError> for ApiError {
+    fn from(error: crate::cluster::MembershipError) -> Self {
+        use crate::cluster::MembershipError;
+        match error {
+            MembershipError::Invalid(_) => ApiError::BadRequest(error.to_string()),
+            MembershipError::Unknown(_) => ApiError::NotFound(error.to_string()),
+            MembershipError::Refused(_) => ApiError::Conflict(error.to_string()),
         }
     }
 }

@@ -6,16 +6,21 @@
 //!
 //! - [`config`]: flags and environment variables, validated at start-up.
 //! - [`api`]: the client routes ([`app`]), input validation and limits.
-//! - [`data_path`]: write (quorum), read (version grouping, decode, verify), delete.
+//! - [`cluster`]: membership, health probes, node identity and placement.
+//! - [`data_path`]: write (quorum), read (version grouping, decode, verify,
+//!   read-repair), delete.
+//! - [`repair`]: repair to full redundancy and rebalancing, under a lease.
 //! - [`extract`]: JSON-body and key extractors that answer with the API's errors.
 //! - [`error`]: [`ApiError`] and its HTTP statuses.
-//! - [`run`] / [`serve`]: the server, for tests and `main`.
+//! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod data_path;
 pub mod error;
 pub mod extract;
+pub mod repair;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,73 +29,109 @@ use std::time::Duration;
 use anyhow::Context;
 use shardcache_common::aux_client::AuxClient;
 use shardcache_common::codec::Codec;
-use shardcache_common::ring::{Ring, DEFAULT_VNODES};
 use shardcache_common::runtime::{self, Shutdown};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use api::{app, AppState};
+use cluster::{Cluster, ClusterSettings};
 pub use config::MasterConfig;
 use data_path::DataPath;
 pub use error::ApiError;
+use repair::{RepairSettings, Repairer};
 
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the routes' state from a validated configuration.
+/// Builds the routes' state from a validated configuration. Nothing runs yet: the
+/// caller probes the cluster and starts the workers (see [`run`]).
 pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     config.validate().map_err(anyhow::Error::msg)?;
     let codec = Codec::new(config.data_shards, config.parity_shards).context("build the codec")?;
-    let ring = Ring::new(
-        config.aux.iter().map(|node| node.trim().to_owned()),
-        DEFAULT_VNODES,
-    );
     // A shard response is one frame: at most a shard of the largest value plus header.
     let max_shard_bytes =
         config.max_value_size.bytes() as usize / usize::from(config.data_shards) + (1 << 20);
     let client = AuxClient::new(config.shard_timeout.0, max_shard_bytes);
-    let summary = serde_json::json!({
-        "status": "ok",
-        "aux_nodes": ring.nodes(),
-        "data_shards": config.data_shards,
-        "parity_shards": config.parity_shards,
-        "write_quorum": config.write_quorum(),
-    });
-    let data = DataPath::new(
-        ring,
+    let total_shards = usize::from(config.data_shards) + usize::from(config.parity_shards);
+    let settings = ClusterSettings {
+        seeds: config
+            .aux
+            .iter()
+            .map(|node| node.trim().to_owned())
+            .collect(),
+        dns: config.aux_dns.clone(),
+        dns_refresh: config.dns_refresh.0,
+        probe_interval: config.probe_interval.0,
+        probe_timeout: config.probe_timeout.0,
+        suspect_after: config.suspect_after,
+        down_after: config.down_after,
+        repair_grace: config.repair_grace.0,
+        min_members: total_shards,
+    };
+    let probe_client = AuxClient::new(config.probe_timeout.0, 1 << 20);
+    let cluster = Arc::new(Cluster::new(settings, probe_client));
+    let data = Arc::new(DataPath::new(
+        cluster,
         codec,
         client,
         usize::from(config.write_quorum()),
         config.tombstone_ttl.0,
-    );
+    ));
+    let repair_settings = RepairSettings {
+        interval: config.repair_interval.0,
+        grace: config.repair_grace.0,
+        concurrency: config.repair_concurrency,
+        lease_ttl: (config.probe_interval.0 * 10).max(Duration::from_secs(10)),
+        retry: config.probe_interval.0,
+        ignore_lease: config.repair_ignore_lease,
+    };
+    let repairer = Arc::new(Repairer::new(data.clone(), repair_settings));
     Ok(AppState {
-        data: Arc::new(data),
+        data,
+        repairer,
         limits: api::Limits::from_config(config),
-        summary: Arc::new(summary),
+        geometry: api::Geometry {
+            data_shards: config.data_shards,
+            parity_shards: config.parity_shards,
+            write_quorum: config.write_quorum(),
+        },
     })
 }
 
-/// Serves the client API on `listener` until `shutdown` resolves.
+/// Serves the client API on `listener` until `shutdown` resolves. Probes every aux
+/// node once before the first request is served, so placement is known from the
+/// start.
 pub async fn run(
     config: MasterConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = state_from_config(&config)?;
+    let cluster = state.data.cluster().clone();
+    cluster.probe_round().await;
     tracing::info!(
         listen = %listener.local_addr()?,
-        aux_nodes = config.aux.len(),
+        aux_nodes_up = cluster.view().up_nodes().len(),
         data_shards = config.data_shards,
         parity_shards = config.parity_shards,
         write_quorum = config.write_quorum(),
         "master serving"
     );
+    let workers = CancellationToken::new();
+    let prober = tokio::spawn(cluster.clone().run(workers.clone()));
+    let repairer = tokio::spawn(state.repairer.clone().run(workers.clone()));
     let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.requested());
-    tokio::select! {
-        result = server => result.context("serve client API")?,
-        () = shutdown.drain_deadline() => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, exiting"),
-    }
-    Ok(())
+    let served = tokio::select! {
+        result = server => result.context("serve client API"),
+        () = shutdown.drain_deadline() => {
+            tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, exiting");
+            Ok(())
+        }
+    };
+    workers.cancel();
+    let _ = tokio::join!(prober, repairer);
+    served
 }
 
 /// Validates the configuration, binds `config.listen`, prints `listening on ADDR`

@@ -11,4 +11,5 @@ mod concurrency;
 mod config_errors;
 mod data_path;
 mod failures;
+mod recovery;
 mod support;

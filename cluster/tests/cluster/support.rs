@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shardcache::harness::{ClusterSpec, LocalCluster};
 use shardcache_common::ring::{Ring, DEFAULT_VNODES};
-use shardcache_common::wire::encode_key;
+use shardcache_common::wire::{encode_key, InventoryEntry, InventoryPage};
 
 /// A running cluster that owns its data directory.
 pub struct TestCluster {
@@ -29,7 +29,22 @@ impl TestCluster {
     pub fn start_with(adjust: impl FnOnce(&mut ClusterSpec)) -> Self {
         let data_dir = tempfile::tempdir().expect("create temp dir");
         let mut spec = ClusterSpec::new(data_dir.path());
-        spec.aux_args = vec!["--capacity".into(), "512MiB".into()];
+        spec.aux_args = vec![
+            "--capacity".into(),
+            "512MiB".into(),
+            "--snapshot-interval".into(),
+            "1s".into(),
+        ];
+        // Fast failure detection and a short grace period, so recovery tests run in
+        // seconds.
+        spec.master_args = vec![
+            "--probe-interval".into(),
+            "100ms".into(),
+            "--probe-timeout".into(),
+            "300ms".into(),
+            "--repair-grace".into(),
+            "2s".into(),
+        ];
         adjust(&mut spec);
         let cluster =
             LocalCluster::start(env!("CARGO_BIN_EXE_shardcache"), spec).expect("start cluster");
@@ -49,20 +64,143 @@ impl TestCluster {
         self.cluster.master_url(0)
     }
 
-    /// The owners of `key` in rank order, computed the way every master does.
+    /// The owners of `key` in rank order while every aux node is up, computed the
+    /// way every master does (over the node identities `aux-N`).
     pub fn owners(&self, key: &str) -> Vec<usize> {
-        let addrs: Vec<String> = self
+        let ids: Vec<String> = self
             .cluster
             .aux
             .iter()
-            .map(|node| node.addr.to_string())
+            .map(|node| node.name.clone())
             .collect();
-        let ring = Ring::new(addrs.clone(), DEFAULT_VNODES);
+        let ring = Ring::new(ids.clone(), DEFAULT_VNODES);
         let total = usize::from(self.cluster.spec.data_shards + self.cluster.spec.parity_shards);
         ring.owners(key, total)
             .into_iter()
-            .map(|owner| addrs.iter().position(|addr| addr == owner).unwrap())
+            .map(|owner| ids.iter().position(|id| id == owner).unwrap())
             .collect()
+    }
+
+    /// `GET /cluster` of master `index`.
+    pub async fn cluster_view(&self, index: usize) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/cluster", self.cluster.master_url(index)))
+            .send()
+            .await
+            .expect("GET /cluster");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("cluster JSON")
+    }
+
+    /// The state (`up`, `suspect`, `down`) master `index` gives aux node `aux`.
+    pub async fn node_state(&self, master: usize, aux: usize) -> Option<String> {
+        let view = self.cluster_view(master).await;
+        let id = &self.cluster.aux[aux].name;
+        view["nodes"]
+            .as_array()?
+            .iter()
+            .find(|node| node["id"] == id.as_str())
+            .and_then(|node| node["state"].as_str().map(str::to_owned))
+    }
+
+    /// Waits until every master sees aux node `aux` in `state`.
+    pub async fn wait_for_state(&self, aux: usize, state: &str) {
+        wait_until(
+            &format!("aux-{aux} to be {state} on every master"),
+            Duration::from_secs(30),
+            || async {
+                for master in 0..self.cluster.masters.len() {
+                    if self.node_state(master, aux).await.as_deref() != Some(state) {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+    }
+
+    /// Waits until a master reports repair complete for its current placement, and
+    /// returns that master's `/cluster`.
+    pub async fn wait_for_repair(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for master in 0..self.cluster.masters.len() {
+                let view = self.cluster_view(master).await;
+                if view["repair"]["complete"] == true {
+                    return view;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for repair to complete"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The placement epoch of master 0: it grows whenever a node joins, leaves, goes
+    /// down, comes up or restarts.
+    pub async fn placement_epoch(&self) -> u64 {
+        self.cluster_view(0).await["placement_epoch"]
+            .as_u64()
+            .expect("placement_epoch")
+    }
+
+    /// Waits until master 0 has seen placement change since `epoch` (a restart it
+    /// may not have noticed yet), then until repair is complete.
+    pub async fn wait_for_repair_after(&self, epoch: u64) -> Value {
+        wait_until(
+            "the master to notice the change",
+            Duration::from_secs(30),
+            || async { self.placement_epoch().await > epoch },
+        )
+        .await;
+        self.wait_for_repair().await
+    }
+
+    /// `/health` of aux node `aux`, `None` if it does not answer.
+    pub async fn aux_health(&self, aux: usize) -> Option<Value> {
+        let addr = self.cluster.aux[aux].addr;
+        let response = self
+            .http
+            .get(format!("http://{addr}/health"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Every shard header aux node `aux` holds, from its inventory.
+    pub async fn aux_inventory(&self, aux: usize) -> Vec<InventoryEntry> {
+        let addr = self.cluster.aux[aux].addr;
+        let mut entries = Vec::new();
+        let mut cursor: Option<(u64, String)> = None;
+        loop {
+            let mut url = format!("http://{addr}/v1/inventory?limit=5000");
+            if let Some((point, key)) = &cursor {
+                url.push_str(&format!(
+                    "&after_point={point}&after_key={}",
+                    encode_key(key)
+                ));
+            }
+            let page: InventoryPage = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .expect("inventory")
+                .json()
+                .await
+                .expect("inventory JSON");
+            entries.extend(page.entries);
+            match page.next {
+                Some(next) => cursor = Some((next.point, next.key)),
+                None => return entries,
+            }
+        }
     }
 
     pub async fn set(&self, key: &str, value: &str) -> (StatusCode, Value) {
