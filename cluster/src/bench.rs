@@ -122,13 +122,18 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "\nerasure coding holds {:.2}× the bytes of replication for the same data\n",
         memory[0].1 / memory[1].1
     ));
+    print_and_write(&report, &args.output)?;
+    Ok(())
+}
+
+/// Prints a report and writes it to `output`, creating its directory.
+pub(crate) fn print_and_write(report: &str, output: &std::path::Path) -> anyhow::Result<()> {
     println!("{report}");
-    if let Some(parent) = args.output.parent() {
+    if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
-    std::fs::write(&args.output, &report)
-        .with_context(|| format!("write {}", args.output.display()))?;
-    println!("written to {}", args.output.display());
+    std::fs::write(output, report).with_context(|| format!("write {}", output.display()))?;
+    println!("written to {}", output.display());
     Ok(())
 }
 

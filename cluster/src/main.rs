@@ -18,6 +18,8 @@ enum Command {
     Aux(shardcache_aux::AuxConfig),
     /// Measure throughput, latency and memory: erasure coding vs replication vs bare axum.
     Bench(shardcache::bench::BenchArgs),
+    /// Measure how fast a lost aux node's shards are rebuilt.
+    BenchRepair(shardcache::repair_bench::RepairBenchArgs),
 }
 
 fn main() {
@@ -26,6 +28,7 @@ fn main() {
     let result = match command {
         Command::Up(args) => shardcache::up::up(args),
         Command::Bench(args) => shardcache::bench::bench(args),
+        Command::BenchRepair(args) => shardcache::repair_bench::bench_repair(args),
         Command::Master(config) => {
             shardcache_common::runtime::block_on(shardcache_master::serve(config))
         }

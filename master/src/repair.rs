@@ -163,15 +163,18 @@ impl Repairer {
         let mut status = self.status.lock().clone();
         let blocker = view.repair_blocker(self.settings.grace, Instant::now());
         status.complete = blocker.is_none() && *self.clean_epoch.lock() == Some(view.epoch);
-        if status.state == "idle" && !status.complete && status.reason.is_none() {
-            status.reason = Some("a pass is due".into());
+        if status.state == "idle" && !status.complete {
+            // The worker has not looked since placement changed; say why it will wait.
+            status.state = if blocker.is_some() { "waiting" } else { "idle" };
+            status.reason = blocker.or_else(|| Some("a pass is due".into()));
         }
         status
     }
 
     fn set_state(&self, state: &'static str, reason: Option<String>) {
         let mut status = self.status.lock();
-        if status.state != state || status.reason != reason {
+        // Logged on a change of state only: a waiting reason counts seconds.
+        if status.state != state {
             if let Some(reason) = &reason {
                 tracing::info!(state, %reason, "repair");
             }

@@ -12,4 +12,5 @@ mod config_errors;
 mod data_path;
 mod failures;
 mod recovery;
+mod repair_bench_smoke;
 mod support;
