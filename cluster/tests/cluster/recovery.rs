@@ -100,43 +100,10 @@ async fn wait_for_snapshot(cluster: &TestCluster, aux: usize, since_ms: u64) {
     .await;
 }
 
-/// Every key the aux nodes hold has `k + m` shards of one version with distinct
-/// indices, on distinct nodes, and nothing else is held.
-async fn assert_full_redundancy(cluster: &TestCluster, alive: &[usize], keys: usize) {
-    let mut per_key: HashMap<String, Vec<(String, u8)>> = HashMap::new();
-    for &aux in alive {
-        for entry in cluster.aux_inventory(aux).await {
-            per_key
-                .entry(entry.key)
-                .or_default()
-                .push((entry.version.to_string(), entry.shard_index));
-        }
-    }
-    assert_eq!(per_key.len(), keys, "keys held by the aux nodes");
-    for (key, shards) in per_key {
-        assert_eq!(
-            shards.len() as u64,
-            SHARDS_PER_KEY,
-            "{key}: shards {shards:?}"
-        );
-        let versions: HashSet<&String> = shards.iter().map(|(version, _)| version).collect();
-        assert_eq!(
-            versions.len(),
-            1,
-            "{key}: one version everywhere: {shards:?}"
-        );
-        let indices: HashSet<u8> = shards.iter().map(|(_, index)| *index).collect();
-        assert_eq!(
-            indices.len() as u64,
-            SHARDS_PER_KEY,
-            "{key}: distinct indices: {shards:?}"
-        );
-    }
-}
-
-/// Like [`assert_full_redundancy`], for a cluster that also holds tombstones:
-/// `values` keys hold values, and every key (value or tombstone) is fully redundant.
-async fn assert_full_redundancy_of_values(cluster: &TestCluster, alive: &[usize], values: usize) {
+/// Every key the aux nodes hold (value or tombstone) has `k + m` shards of one
+/// version on distinct nodes, values with distinct indices, and `values` keys hold
+/// values.
+async fn assert_full_redundancy(cluster: &TestCluster, alive: &[usize], values: usize) {
     let mut per_key: HashMap<String, Vec<(String, u8, bool)>> = HashMap::new();
     for &aux in alive {
         for entry in cluster.aux_inventory(aux).await {
@@ -256,7 +223,7 @@ async fn nodes_returning_with_a_snapshot_or_empty_roll_nothing_back() {
     assert_reads(&cluster, &expected).await;
     let live: Vec<usize> = (0..6).collect();
     let kept = expected.values().filter(|value| value.is_some()).count();
-    assert_full_redundancy_of_values(&cluster, &live, kept).await;
+    assert_full_redundancy(&cluster, &live, kept).await;
 
     // Full redundancy again: any m more failures lose nothing.
     cluster.cluster.aux[4].kill();
