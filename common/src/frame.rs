@@ -188,13 +188,15 @@ fn read_u16(bytes: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
-fn read_u32(bytes: &[u8], at: usize) -> u32 {
+/// The big-endian `u32` at `at` (the caller has checked the length).
+pub fn read_u32(bytes: &[u8], at: usize) -> u32 {
     let mut raw = [0u8; 4];
     raw.copy_from_slice(&bytes[at..at + 4]);
     u32::from_be_bytes(raw)
 }
 
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
+/// The big-endian `u64` at `at` (the caller has checked the length).
+pub fn read_u64(bytes: &[u8], at: usize) -> u64 {
     let mut raw = [0u8; 8];
     raw.copy_from_slice(&bytes[at..at + 8]);
     u64::from_be_bytes(raw)

@@ -263,10 +263,6 @@ impl Cluster {
         }
     }
 
-    pub fn settings(&self) -> &ClusterSettings {
-        &self.settings
-    }
-
     /// The current picture of the cluster.
     pub fn view(&self) -> Arc<View> {
         self.view.read().clone()

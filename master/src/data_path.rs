@@ -76,8 +76,6 @@ enum ReadOutcome {
 pub struct Found {
     pub version: Version,
     pub value: Vec<u8>,
-    /// Unix milliseconds at which the value expires; 0 = never.
-    pub expires_at_ms: u64,
 }
 
 /// Everything a master needs to place, code and fetch shards.
@@ -365,7 +363,6 @@ impl DataPath {
                 Ok(value) => ReadOutcome::Value(Found {
                     version: *version,
                     value,
-                    expires_at_ms: shards.frames[0].expires_at_ms,
                 }),
                 Err(error) => {
                     tracing::error!(key, %version, %error, "stored shards failed verification");
@@ -392,31 +389,12 @@ impl DataPath {
     /// the background, when every owner answered. Conditional puts make a stale
     /// repair harmless.
     fn read_repair(&self, key: &str, owners: &[Node], seen: &SeenVersions, outcome: &ReadOutcome) {
-        let (version, frames) = match outcome {
-            ReadOutcome::Value(found) => {
-                let Some(shards) = seen.versions.get(&found.version) else {
-                    return;
-                };
-                let Ok(frames) = self.rebuild_frames(&shards.frames, &found.value) else {
-                    return;
-                };
-                (found.version, frames)
-            }
-            ReadOutcome::Deleted => {
-                let Some((version, shards)) = seen.versions.last_key_value() else {
-                    return;
-                };
-                let Some(template) = &shards.template else {
-                    return;
-                };
-                let frames = (0..self.total_shards())
-                    .map(|index| ShardFrame {
-                        shard_index: index as u8,
-                        ..template.clone()
-                    })
-                    .collect();
-                (*version, frames)
-            }
+        let version = match outcome {
+            ReadOutcome::Value(found) => found.version,
+            ReadOutcome::Deleted => match seen.versions.last_key_value() {
+                Some((version, _)) => *version,
+                None => return,
+            },
             _ => return,
         };
         // Indices are only known to be free once every owner has answered; a read
@@ -433,23 +411,35 @@ impl DataPath {
             .filter(|owner| match seen.answers.get(&owner.id) {
                 Some(Some(held)) => *held < version,
                 Some(None) => true,
-                None => false, // did not answer (yet): nothing known
+                None => false,
             })
             .collect();
         if lacking.is_empty() {
-            return;
+            return; // the common case: nothing is encoded
         }
-        let held_indices: Vec<u8> = seen
-            .versions
-            .get(&version)
-            .map(|shards| {
-                shards
-                    .frames
-                    .iter()
-                    .map(|frame| frame.shard_index)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let Some(shards) = seen.versions.get(&version) else {
+            return;
+        };
+        let frames: Vec<ShardFrame> = match (outcome, &shards.template) {
+            (ReadOutcome::Value(found), _) => {
+                match self.rebuild_frames(&shards.frames, &found.value) {
+                    Ok(frames) => frames,
+                    Err(_) => return,
+                }
+            }
+            (_, Some(template)) => (0..self.total_shards())
+                .map(|index| ShardFrame {
+                    shard_index: index as u8,
+                    ..template.clone()
+                })
+                .collect(),
+            _ => return,
+        };
+        let held_indices: Vec<u8> = shards
+            .frames
+            .iter()
+            .map(|frame| frame.shard_index)
+            .collect();
         let spare = frames
             .into_iter()
             .filter(|frame| frame.tombstone || !held_indices.contains(&frame.shard_index));
