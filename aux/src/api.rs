@@ -15,10 +15,11 @@ use shardcache_common::version::Version;
 use shardcache_common::wire::{
     AuxHealth, InventoryCursor, InventoryPage, LeaseRequest, MembershipDoc,
 };
-use shardcache_common::{unix_millis, wire};
+use shardcache_common::{http_metrics, unix_millis, wire};
 
 use crate::lease::Leases;
 use crate::membership::MembershipStore;
+use crate::metrics::AuxMetrics;
 use crate::snapshotter::SnapshotStatus;
 use crate::store::{DeleteResult, PutResult, ShardStore};
 
@@ -36,11 +37,18 @@ pub struct AuxState {
     pub leases: Arc<Leases>,
     pub membership: Arc<MembershipStore>,
     pub snapshots: Arc<SnapshotStatus>,
+    pub metrics: Arc<AuxMetrics>,
+    /// Serve `/metrics` on the API listener (false with `--metrics-listen`).
+    pub metrics_on_api_listener: bool,
 }
 
 /// The aux node's router.
 pub fn app(state: AuxState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.metrics_on_api_listener {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
         .route(wire::SHARDS_PATH, put(put_shard))
         .route(
             &format!("{}/{{key}}", wire::SHARDS_PATH),
@@ -53,9 +61,32 @@ pub fn app(state: AuxState) -> Router {
             get(get_membership).put(put_membership),
         )
         .route("/health", get(health))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(state.max_frame_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.http.clone(),
+            http_metrics::track,
+        ))
         .with_state(state)
+}
+
+/// The router of the separate `--metrics-listen` address: `/metrics` only.
+pub fn metrics_app(state: AuxState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .with_state(state)
+}
+
+async fn no_route() -> Response {
+    error(StatusCode::NOT_FOUND, "no such route".into())
+}
+
+/// Prometheus text format; see [`crate::metrics`].
+async fn metrics(State(state): State<AuxState>) -> Response {
+    state
+        .metrics
+        .render(&state.store.stats(), &state.snapshots.report())
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -235,6 +266,8 @@ mod tests {
             leases: Arc::default(),
             membership: Arc::new(MembershipStore::load(&dir.join("no-such-dir"))),
             snapshots: Arc::default(),
+            metrics: Arc::new(AuxMetrics::new("aux-test")),
+            metrics_on_api_listener: true,
         })
     }
 

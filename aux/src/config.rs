@@ -13,6 +13,11 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_LISTEN", default_value = "127.0.0.1:7101")]
     pub listen: SocketAddr,
 
+    /// Serve `GET /metrics` on this address instead of on --listen, so the metrics
+    /// need not be reachable where the API is (port 0 picks a free port).
+    #[arg(long, env = "SHARDCACHE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Directory for this node's files (snapshots); created if missing.
     #[arg(long, env = "SHARDCACHE_DATA_DIR", default_value = "./data/aux")]
     pub data_dir: PathBuf,

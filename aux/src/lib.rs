@@ -9,7 +9,7 @@
 //! - [`snapshot`]: the snapshot file format; [`snapshotter`]: when snapshots are
 //!   written and how one is restored at start.
 //! - [`lease`] and [`membership`]: what masters coordinate through aux nodes.
-//! - [`api`]: the HTTP routes ([`app`]).
+//! - [`api`]: the HTTP routes ([`app`]); [`metrics`]: the Prometheus metrics.
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
 pub mod api;
@@ -17,6 +17,7 @@ pub mod config;
 pub mod identity;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod snapshot;
 pub mod snapshotter;
 pub mod store;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use api::{app, AuxState};
 pub use config::AuxConfig;
 use membership::MembershipStore;
+use metrics::AuxMetrics;
 use snapshotter::SnapshotStatus;
 use store::ShardStore;
 
@@ -54,7 +57,10 @@ pub async fn run(
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
     let node_id = identity::load_or_create(config.node_id.as_deref(), &config.data_dir)?;
     let store = Arc::new(ShardStore::new(config.capacity.bytes()));
-    let snapshots = Arc::new(SnapshotStatus::default());
+    let metrics = Arc::new(AuxMetrics::new(&node_id));
+    let snapshots = Arc::new(SnapshotStatus::with_duration_histogram(
+        metrics.snapshot_duration.clone(),
+    ));
     snapshotter::restore(&store, &config.data_dir, &snapshots).await?;
     let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
     let sweeper = tokio::spawn(sweep_expired(
@@ -77,7 +83,19 @@ pub async fn run(
         leases: Arc::default(),
         membership: Arc::new(MembershipStore::load(&config.data_dir)),
         snapshots: snapshots.clone(),
+        metrics,
+        metrics_on_api_listener: config.metrics_listen.is_none(),
     };
+    if let Some(addr) = config.metrics_listen {
+        let metrics_listener = http_metrics::bind_metrics_listener(addr)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        http_metrics::spawn_metrics_server(
+            metrics_listener,
+            api::metrics_app(state.clone()),
+            shutdown.requested(),
+        );
+    }
     tracing::info!(
         listen = %listener.local_addr()?,
         node_id,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use prometheus::Histogram;
 use shardcache_common::unix_millis;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,8 @@ use crate::store::{RestoreReport, ShardStore};
 pub struct SnapshotReport {
     /// Unix milliseconds of the last snapshot written successfully.
     pub last_success_at_ms: Option<u64>,
+    /// Snapshots written since start.
+    pub written: u64,
     pub last_duration_ms: u64,
     pub last_entries: usize,
     pub last_bytes: u64,
@@ -39,9 +42,18 @@ pub struct SnapshotReport {
 pub struct SnapshotStatus {
     report: Mutex<SnapshotReport>,
     saved_generation: Mutex<Option<u64>>,
+    /// Observes every successful snapshot's duration, when metrics are kept.
+    duration_seconds: Option<Histogram>,
 }
 
 impl SnapshotStatus {
+    pub fn with_duration_histogram(histogram: Histogram) -> Self {
+        SnapshotStatus {
+            duration_seconds: Some(histogram),
+            ..SnapshotStatus::default()
+        }
+    }
+
     pub fn report(&self) -> SnapshotReport {
         self.report.lock().clone()
     }
@@ -98,8 +110,13 @@ pub async fn save_if_changed(store: &ShardStore, dir: &Path, status: &SnapshotSt
     let mut report = status.report.lock();
     match written {
         Ok(Ok(written)) => {
+            let took = started.elapsed();
+            if let Some(histogram) = &status.duration_seconds {
+                histogram.observe(took.as_secs_f64());
+            }
             report.last_success_at_ms = Some(unix_millis());
-            report.last_duration_ms = started.elapsed().as_millis() as u64;
+            report.written += 1;
+            report.last_duration_ms = took.as_millis() as u64;
             report.last_entries = written.entries;
             report.last_bytes = written.bytes;
             report.last_error = None;

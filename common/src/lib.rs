@@ -10,11 +10,13 @@
 //! - [`ring`]: the consistent-hash ring that maps a key to `k + m` distinct aux nodes.
 //! - [`aux_client`]: the master's typed HTTP client for the aux node API ([`wire`]).
 //! - [`units`]: byte sizes (`256MiB`) and durations (`500ms`) for configuration.
+//! - [`http_metrics`]: per-route HTTP request metrics and the `/metrics` text.
 //! - [`runtime`]: logging set-up and the shutdown signal shared by every binary.
 
 pub mod aux_client;
 pub mod codec;
 pub mod frame;
+pub mod http_metrics;
 pub mod ring;
 pub mod runtime;
 pub mod units;

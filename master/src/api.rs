@@ -1,6 +1,6 @@
 //! The master's client API — `POST /data`, `GET`/`DELETE /data/{key}`, `GET /health`,
-//! `GET /ready` — and its admin API: `GET /cluster`, `POST /cluster/nodes`,
-//! `DELETE /cluster/nodes/{id}`.
+//! `GET /ready`, `GET /metrics` — and its admin API: `GET /cluster`,
+//! `POST /cluster/nodes`, `DELETE /cluster/nodes/{id}`.
 //!
 //! Handlers validate input and translate between JSON and the [`DataPath`] or the
 //! [`crate::cluster::Cluster`]; they hold no state of their own.
@@ -16,11 +16,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use shardcache_common::http_metrics;
 
 use crate::config::{MasterConfig, MAX_TTL_SECONDS};
 use crate::data_path::DataPath;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
+use crate::metrics::ReadResult;
 use crate::repair::Repairer;
 
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
@@ -33,6 +35,8 @@ pub struct AppState {
     pub repairer: Arc<Repairer>,
     pub limits: Limits,
     pub geometry: Geometry,
+    /// Serve `/metrics` on the client listener (false with `--metrics-listen`).
+    pub metrics_on_client_listener: bool,
 }
 
 /// The erasure-coding geometry, as `/health` and `/cluster` show it.
@@ -63,7 +67,11 @@ impl Limits {
 
 /// The master's router.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.metrics_on_client_listener {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
         .route("/data", post(set_value))
         .route("/data/", get(empty_key).delete(empty_key))
         .route("/data/{*key}", get(get_value).delete(delete_value))
@@ -79,7 +87,25 @@ pub fn app(state: AppState) -> Router {
             reject_declared_oversize,
         ))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.data.metrics().http.clone(),
+            http_metrics::track,
+        ))
         .with_state(state)
+}
+
+/// The router of the separate `--metrics-listen` address: `/metrics` only.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .with_state(state)
+}
+
+/// Prometheus text format; see [`crate::metrics`].
+async fn metrics(State(state): State<AppState>) -> Response {
+    let view = state.data.cluster().view();
+    state.data.metrics().render(&view, &state.repairer.status())
 }
 
 /// Body of `POST /data`.
@@ -126,11 +152,24 @@ async fn get_value(
     KeyPath(key): KeyPath,
 ) -> Result<Response, ApiError> {
     validate_key(&key, &state.limits)?;
-    let found = state
-        .data
-        .read(&key)
-        .await?
-        .ok_or_else(|| not_found(&key))?;
+    let metrics = state.data.metrics();
+    let found = match state.data.read(&key).await {
+        Ok(Some(found)) => {
+            metrics.read(ReadResult::Hit);
+            if found.degraded {
+                metrics.degraded_read();
+            }
+            found
+        }
+        Ok(None) => {
+            metrics.read(ReadResult::Miss);
+            return Err(not_found(&key));
+        }
+        Err(error) => {
+            metrics.read(ReadResult::Unavailable);
+            return Err(error);
+        }
+    };
     let value = String::from_utf8(found.value).map_err(|_| {
         ApiError::NotAcceptable(
             "the stored value is not UTF-8 and cannot be returned as a JSON string".into(),
@@ -199,10 +238,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
     let mut view = state.data.cluster().describe();
     view["geometry"] = json!(state.geometry);
-    view["read_repaired_shards"] = json!(state
-        .data
-        .read_repaired_shards
-        .load(std::sync::atomic::Ordering::Relaxed));
+    view["read_repaired_shards"] = json!(state.data.metrics().read_repaired_shards());
     view["repair"] = serde_json::to_value(state.repairer.status()).unwrap_or_default();
     Json(view)
 }

@@ -67,6 +67,16 @@ pub enum NodeState {
     Down,
 }
 
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Suspect => "suspect",
+            NodeState::Down => "down",
+        }
+    }
+}
+
 /// Where a member address came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -175,6 +185,20 @@ impl View {
             .collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         nodes
+    }
+
+    /// Nodes on the ring that are down: skipped by placement, but they may hold
+    /// shards.
+    pub fn down_count(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|slot| slot.state == NodeState::Down)
+            .count()
+    }
+
+    /// Every node on the ring with its state.
+    pub fn node_states(&self) -> impl Iterator<Item = (&str, NodeState)> {
+        self.slots.values().map(|slot| (&*slot.node.id, slot.state))
     }
 
     /// Every node on the ring, whatever its state.

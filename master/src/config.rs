@@ -15,6 +15,11 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Serve `GET /metrics` on this address instead of on --listen, so the metrics
+    /// need not be reachable where the API is (port 0 picks a free port).
+    #[arg(long, env = "SHARDCACHE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Aux nodes as host:port, comma-separated. Every master should be given the
     /// same set (order does not matter); nodes can also be added at run time
     /// (`POST /cluster/nodes`) or discovered with --aux-dns.

@@ -34,12 +34,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use shardcache_common::aux_client::{AuxClient, PutOutcome};
+use shardcache_common::aux_client::PutOutcome;
 use shardcache_common::codec::{value_checksum, Codec, CodecError};
 use shardcache_common::frame::ShardFrame;
 use shardcache_common::unix_millis;
@@ -48,6 +47,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::cluster::{Cluster, Node};
 use crate::error::ApiError;
+use crate::metrics::{MasterMetrics, QuorumOp};
+use crate::shard_client::ShardClient;
 
 /// How often a read that found only partial versions (racing writers) is retried.
 const PARTIAL_READ_RETRIES: u32 = 4;
@@ -76,28 +77,31 @@ enum ReadOutcome {
 pub struct Found {
     pub version: Version,
     pub value: Vec<u8>,
+    /// Some owner asked failed to answer or lacked this version's shard, or the
+    /// value was found only by asking nodes beyond the owners.
+    pub degraded: bool,
 }
 
 /// Everything a master needs to place, code and fetch shards.
 pub struct DataPath {
     cluster: Arc<Cluster>,
     codec: Codec,
-    client: AuxClient,
+    shards: ShardClient,
+    metrics: Arc<MasterMetrics>,
     clock: HybridClock,
     write_quorum: usize,
     /// Derived from the geometry and `write_quorum` once; see [`ReadFloors`].
     read_floors: ReadFloors,
     tombstone_ttl: Duration,
     read_repairs: Arc<Semaphore>,
-    /// Shards written back to owners by read-repair.
-    pub read_repaired_shards: Arc<AtomicU64>,
 }
 
 impl DataPath {
     pub fn new(
         cluster: Arc<Cluster>,
         codec: Codec,
-        client: AuxClient,
+        shards: ShardClient,
+        metrics: Arc<MasterMetrics>,
         write_quorum: usize,
         tombstone_ttl: Duration,
     ) -> Self {
@@ -109,13 +113,13 @@ impl DataPath {
         DataPath {
             cluster,
             codec,
-            client,
+            shards,
+            metrics,
             clock: HybridClock::with_random_writer(),
             write_quorum,
             read_floors,
             tombstone_ttl,
             read_repairs: Arc::new(Semaphore::new(MAX_READ_REPAIRS_IN_FLIGHT)),
-            read_repaired_shards: Arc::default(),
         }
     }
 
@@ -123,9 +127,13 @@ impl DataPath {
         &self.cluster
     }
 
-    /// The client for shard calls (bounded by `--shard-timeout`).
-    pub fn client(&self) -> &AuxClient {
-        &self.client
+    /// The measured client for shard calls (bounded by `--shard-timeout`).
+    pub fn shards(&self) -> &ShardClient {
+        &self.shards
+    }
+
+    pub fn metrics(&self) -> &Arc<MasterMetrics> {
+        &self.metrics
     }
 
     fn total_shards(&self) -> usize {
@@ -158,7 +166,7 @@ impl DataPath {
                 .encode()
             })
             .collect();
-        self.store_frames(key, frames).await?;
+        self.store_frames(key, frames, QuorumOp::Write).await?;
         Ok(version)
     }
 
@@ -176,7 +184,7 @@ impl DataPath {
                     .encode()
             })
             .collect();
-        self.store_frames(key, frames).await?;
+        self.store_frames(key, frames, QuorumOp::Delete).await?;
         Ok(true)
     }
 
@@ -207,22 +215,24 @@ impl DataPath {
     /// acknowledged, or fails once it no longer can. With fewer nodes up than
     /// `k + m`, the shards beyond the last owner are not stored (repair adds them
     /// once nodes return).
-    async fn store_frames(&self, key: &str, frames: Vec<Bytes>) -> Result<(), ApiError> {
+    async fn store_frames(
+        &self,
+        key: &str,
+        frames: Vec<Bytes>,
+        op: QuorumOp,
+    ) -> Result<(), ApiError> {
         let owners = self.cluster.view().owners(key, frames.len());
         let total = owners.len();
         if total < self.write_quorum {
+            self.metrics.write_quorum_failure(op);
             return Err(ApiError::Unavailable(format!(
                 "write quorum not reached: only {total} aux nodes are up, {} needed",
                 self.write_quorum
             )));
         }
         let mut answers = fan_out(owners.into_iter().zip(frames).map(|(owner, frame)| {
-            let client = self.client.clone();
-            let address = owner.address.clone();
-            (
-                owner,
-                async move { client.put_shard(&address, frame).await },
-            )
+            let (shards, node) = (self.shards.clone(), owner.clone());
+            (owner, async move { shards.put(&node, frame).await })
         }));
         let (mut acknowledged, mut failures) = (0, Vec::new());
         while let Some((owner, outcome)) = answers.recv().await {
@@ -244,6 +254,7 @@ impl DataPath {
                 break;
             }
         }
+        self.metrics.write_quorum_failure(op);
         Err(ApiError::Unavailable(format!(
             "write quorum not reached: {acknowledged} of {total} shards stored, {} needed ({})",
             self.write_quorum,
@@ -266,8 +277,17 @@ impl DataPath {
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
-                // Leftovers of a write that never reached its quorum: a miss.
-                ReadOutcome::Partial => return Ok(None),
+                // Leftovers of a write that never reached its quorum: a miss,
+                // unless down nodes may hold the rest of it.
+                ReadOutcome::Partial => {
+                    let down = self.cluster.view().down_count();
+                    if down == 0 {
+                        return Ok(None);
+                    }
+                    return Err(ApiError::Unavailable(format!(
+                        "only part of {key:?} is on the live aux nodes; {down} nodes are down"
+                    )));
+                }
                 ReadOutcome::Unavailable(reason) => return Err(ApiError::Unavailable(reason)),
             }
         }
@@ -279,9 +299,12 @@ impl DataPath {
     async fn read_once(&self, key: &str) -> ReadOutcome {
         let view = self.cluster.view();
         let mut placement = view.placement(key);
+        let mut seen = SeenVersions {
+            down: view.down_count(),
+            ..SeenVersions::default()
+        };
         let beyond = placement.split_off(self.total_shards().min(placement.len()));
         let owners = placement;
-        let mut seen = SeenVersions::default();
         self.collect(key, &owners, &mut seen, true).await;
         let outcome = self.decide(key, &seen, self.read_floors);
         let recently_moved = view.changed_at.elapsed() < RECENT_PLACEMENT_CHANGE;
@@ -300,7 +323,10 @@ impl DataPath {
             "owners were inconclusive; asking the other nodes"
         );
         self.collect(key, &beyond, &mut seen, false).await;
-        let outcome = self.decide(key, &seen, self.read_floors);
+        let mut outcome = self.decide(key, &seen, self.read_floors);
+        if let ReadOutcome::Value(found) = &mut outcome {
+            found.degraded = true;
+        }
         self.read_repair(key, &owners, &seen, &outcome);
         outcome
     }
@@ -316,11 +342,8 @@ impl DataPath {
         settle_early: bool,
     ) {
         let mut answers = fan_out(nodes.iter().map(|node| {
-            let (client, address, key) =
-                (self.client.clone(), node.address.clone(), key.to_owned());
-            (node.clone(), async move {
-                client.get_shard(&address, &key).await
-            })
+            let (shards, node, key) = (self.shards.clone(), node.clone(), key.to_owned());
+            (node.clone(), async move { shards.get(&node, &key).await })
         }));
         let now_ms = unix_millis();
         while let Some((node, outcome)) = answers.recv().await {
@@ -363,8 +386,11 @@ impl DataPath {
                 Ok(value) => ReadOutcome::Value(Found {
                     version: *version,
                     value,
+                    degraded: seen.is_degraded(*version),
                 }),
                 Err(error) => {
+                    self.metrics
+                        .decode_failure(matches!(error, CodecError::ChecksumMismatch));
                     tracing::error!(key, %version, %error, "stored shards failed verification");
                     ReadOutcome::Unavailable(format!(
                         "stored shards of {key:?} failed verification"
@@ -372,11 +398,16 @@ impl DataPath {
                 }
             };
         }
-        // Nothing decodable. Owners that did not answer may hold what is missing.
-        if (partial && seen.failures > 0) || seen.answered < floors.miss {
+        // Nothing decodable. Owners that did not answer may hold what is missing;
+        // and once as many nodes are down as a write needs, every shard of an
+        // acknowledged write may be on them.
+        if (partial && seen.failures > 0)
+            || seen.answered < floors.miss
+            || seen.down >= self.write_quorum
+        {
             return ReadOutcome::Unavailable(format!(
-                "too few aux nodes answered to read {key:?}: {} answered, {} failed",
-                seen.answered, seen.failures
+                "too few aux nodes answered to read {key:?}: {} answered, {} failed, {} down",
+                seen.answered, seen.failures, seen.down
             ));
         }
         match partial {
@@ -447,19 +478,20 @@ impl DataPath {
             let Ok(permit) = self.read_repairs.clone().try_acquire_owned() else {
                 return;
             };
-            let (client, address, id) =
-                (self.client.clone(), owner.address.clone(), owner.id.clone());
-            let counter = self.read_repaired_shards.clone();
+            let (shards, metrics, owner) =
+                (self.shards.clone(), self.metrics.clone(), (*owner).clone());
             let key = key.to_owned();
             tokio::spawn(async move {
                 let _permit = permit;
-                match client.put_shard(&address, frame.encode()).await {
+                match shards.put(&owner, frame.encode()).await {
                     Ok(PutOutcome::Stored) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(key, node = %id, "read-repaired a shard");
+                        metrics.read_repaired_shard();
+                        tracing::debug!(key, node = %owner.id, "read-repaired a shard");
                     }
                     Ok(PutOutcome::Superseded(_)) => {}
-                    Err(error) => tracing::debug!(key, node = %id, %error, "read-repair failed"),
+                    Err(error) => {
+                        tracing::debug!(key, node = %owner.id, %error, "read-repair failed")
+                    }
                 }
             });
         }
@@ -577,6 +609,8 @@ struct SeenVersions {
     answered: usize,
     /// Nodes that failed or timed out.
     failures: usize,
+    /// Nodes not asked because they are down (they may hold shards).
+    down: usize,
 }
 
 #[derive(Default)]
@@ -597,6 +631,15 @@ impl VersionShards {
 }
 
 impl SeenVersions {
+    /// True when a node asked failed, or answered without a shard of `version`.
+    fn is_degraded(&self, version: Version) -> bool {
+        self.failures > 0
+            || self
+                .answers
+                .values()
+                .any(|held| held.is_none_or(|held| held < version))
+    }
+
     fn add_none(&mut self, node: Node) {
         self.answered += 1;
         self.answers.insert(node.id, None);

@@ -10,6 +10,7 @@
 //! - [`data_path`]: write (quorum), read (version grouping, decode, verify,
 //!   read-repair), delete.
 //! - [`repair`]: repair to full redundancy and rebalancing, under a lease.
+//! - [`metrics`]: the Prometheus metrics; [`shard_client`]: shard calls, measured.
 //! - [`extract`]: JSON-body and key extractors that answer with the API's errors.
 //! - [`error`]: [`ApiError`] and its HTTP statuses.
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
@@ -20,7 +21,9 @@ pub mod config;
 pub mod data_path;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod repair;
+pub mod shard_client;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shardcache_common::aux_client::AuxClient;
 use shardcache_common::codec::Codec;
+use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +42,9 @@ use cluster::{Cluster, ClusterSettings};
 pub use config::MasterConfig;
 use data_path::DataPath;
 pub use error::ApiError;
+use metrics::MasterMetrics;
 use repair::{RepairSettings, Repairer};
+use shard_client::ShardClient;
 
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,10 +76,12 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     };
     let probe_client = AuxClient::new(config.probe_timeout.0, 1 << 20);
     let cluster = Arc::new(Cluster::new(settings, probe_client));
+    let metrics = Arc::new(MasterMetrics::new());
     let data = Arc::new(DataPath::new(
         cluster,
         codec,
-        client,
+        ShardClient::new(client, metrics.clone()),
+        metrics,
         usize::from(config.write_quorum()),
         config.tombstone_ttl.0,
     ));
@@ -95,6 +103,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
             parity_shards: config.parity_shards,
             write_quorum: config.write_quorum(),
         },
+        metrics_on_client_listener: config.metrics_listen.is_none(),
     })
 }
 
@@ -107,6 +116,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = state_from_config(&config)?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            http_metrics::bind_metrics_listener(addr)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let cluster = state.data.cluster().clone();
     cluster.probe_round().await;
     tracing::info!(
@@ -121,6 +138,13 @@ pub async fn run(
     let prober = tokio::spawn(cluster.clone().run(workers.clone()));
     let repairer = tokio::spawn(state.repairer.clone().run(workers.clone()));
     let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
+    if let Some(metrics_listener) = metrics_listener {
+        http_metrics::spawn_metrics_server(
+            metrics_listener,
+            api::metrics_app(state.clone()),
+            shutdown.requested(),
+        );
+    }
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.requested());
     let served = tokio::select! {
         result = server => result.context("serve client API"),

@@ -107,6 +107,28 @@ pub struct PassReport {
     pub counts: PassCounts,
 }
 
+impl RepairStatus {
+    /// The totals of finished passes plus what the running pass did so far.
+    pub fn totals_with_current(&self) -> PassCounts {
+        let mut totals = self.totals.clone();
+        if let Some(current) = &self.current {
+            totals.add(&current.counts);
+        }
+        totals
+    }
+
+    /// How much of the ring is still to be checked before the current placement has
+    /// full redundancy: 0 when complete, the unscanned fraction while a pass runs,
+    /// else 1 (including on standby masters, which cannot see the holder's pass).
+    pub fn backlog_ratio(&self) -> f64 {
+        match (&self.current, self.complete) {
+            (_, true) => 0.0,
+            (Some(pass), false) => (1.0 - pass.progress).clamp(0.0, 1.0),
+            (None, false) => 1.0,
+        }
+    }
+}
+
 /// What `GET /cluster` shows under `"repair"`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RepairStatus {
@@ -271,7 +293,7 @@ impl Repairer {
             holder: self.holder.clone(),
             ttl_ms: self.settings.lease_ttl.as_millis() as u64,
         };
-        let client = self.data.client();
+        let client = self.data.shards().aux();
         let answers = futures::future::join_all(
             nodes
                 .iter()
@@ -374,7 +396,7 @@ impl Repairer {
 
     /// Fetches the next inventory page of every source whose buffer ran dry.
     async fn fill(&self, sources: &mut [Source]) -> Result<(), String> {
-        let client = self.data.client();
+        let client = self.data.shards().aux();
         let fetches =
             sources
                 .iter_mut()
@@ -509,11 +531,7 @@ async fn repair_key(
         }
     }
     for stray in strays {
-        match data
-            .client()
-            .delete_shard(&stray.address, &key, newest.version)
-            .await
-        {
+        match data.shards().delete(stray, &key, newest.version).await {
             Ok(PutOutcome::Stored) => counts.shards_deleted += 1,
             Ok(PutOutcome::Superseded(_)) => {} // a newer write landed there; keep it
             Err(error) => {
@@ -565,7 +583,7 @@ async fn place_missing(
             .iter()
             .find(|(_, entry)| entry.shard_index == index)
         {
-            if let Ok(Some(found)) = data.client().get_shard(&source.address, key).await {
+            if let Ok(Some(found)) = data.shards().get(source, key).await {
                 if found.version == newest.version && found.shard_index == index {
                     frame = Some(found);
                     counts.shards_moved += 1;
@@ -592,7 +610,7 @@ async fn place_missing(
         }
         let encoded = frame.expect("set above").encode();
         let size = encoded.len() as u64;
-        match data.client().put_shard(&owner.address, encoded).await {
+        match data.shards().put(owner, encoded).await {
             Ok(PutOutcome::Stored) => counts.bytes_written += size,
             // A newer write reached this owner meanwhile: the next pass sees it.
             Ok(PutOutcome::Superseded(_)) => all_placed = false,
@@ -622,7 +640,7 @@ async fn rebuild(
         {
             continue;
         }
-        match data.client().get_shard(&node.address, key).await {
+        match data.shards().get(node, key).await {
             Ok(Some(frame)) if frame.version == version => frames.push(frame),
             Ok(_) => {}
             Err(error) => {

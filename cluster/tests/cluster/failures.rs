@@ -51,6 +51,30 @@ async fn every_key_survives_sigkill_of_m_aux_nodes() {
     assert_all_readable(&cluster, &entries).await;
 }
 
+/// With more than `m` nodes down a stored value may be unreadable, but it must never
+/// be reported absent: a client would take the 404 as "not cached" and could act on
+/// a wrong answer. 503 says "cannot tell".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_m_failures_a_stored_key_is_unavailable_never_a_miss() {
+    let mut cluster = TestCluster::start();
+    let entries = write_keys(&cluster, 100, 64).await;
+    cluster.wait_for_aux_items(100 * SHARDS_PER_KEY).await;
+    for down in 1..=4 {
+        cluster.cluster.aux[down - 1].kill();
+        cluster.wait_for_state(down - 1, "down").await;
+        for (key, value) in &entries {
+            let (status, body) = cluster.get(key).await;
+            match status {
+                StatusCode::OK => assert!(body["value"] == value.as_str(), "{key}: wrong bytes"),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert!(down > 2, "{key} unreadable with {down} down")
+                }
+                other => panic!("{key} with {down} nodes down: {other} {body}"),
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigstopped_aux_node_costs_at_most_one_timeout() {
     let timeout = Duration::from_millis(300);

@@ -11,6 +11,7 @@ mod concurrency;
 mod config_errors;
 mod data_path;
 mod failures;
+mod metrics;
 mod recovery;
 mod repair_bench_smoke;
 mod support;

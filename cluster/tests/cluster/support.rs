@@ -344,3 +344,99 @@ pub fn random_value(rng: &mut impl Rng, len: usize) -> String {
     }
     value
 }
+
+/// One sample: metric name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// One `GET /metrics` answer, parsed from the Prometheus text format.
+pub struct Scrape {
+    pub text: String,
+    /// `(name, labels, value)` of every sample.
+    samples: Vec<Sample>,
+}
+
+impl Scrape {
+    /// Fetches and parses `url` (a full `http://…/metrics` URL).
+    pub async fn fetch(http: &reqwest::Client, url: &str) -> Scrape {
+        let response = http.get(url).send().await.expect("GET /metrics");
+        assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        Scrape::parse(response.text().await.expect("metrics body"))
+    }
+
+    fn parse(text: String) -> Scrape {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+                let value: f64 = value.parse().expect("sample value is a number");
+                let Some((name, labels)) = series.split_once('{') else {
+                    return (series.to_owned(), Vec::new(), value);
+                };
+                let labels = labels.strip_suffix('}').expect("labels end with }");
+                (name.to_owned(), parse_labels(labels), value)
+            })
+            .collect();
+        Scrape { text, samples }
+    }
+
+    /// The sum of `name` over the samples whose labels include all of `filter`;
+    /// `None` when no sample matches (the series does not exist).
+    pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> Option<f64> {
+        let mut matched = self
+            .samples
+            .iter()
+            .filter(|(sample, labels, _)| {
+                sample == name
+                    && filter
+                        .iter()
+                        .all(|(key, value)| labels.iter().any(|(k, v)| k == key && v == value))
+            })
+            .map(|(_, _, value)| *value)
+            .peekable();
+        matched.peek()?;
+        Some(matched.sum())
+    }
+
+    /// Like [`Scrape::sum`], but the series must exist.
+    pub fn value(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        self.sum(name, filter)
+            .unwrap_or_else(|| panic!("no series {name} {filter:?} in:\n{}", self.text))
+    }
+}
+
+/// `a="x",b="y \" z"` → `[(a, x), (b, y " z)]`.
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut rest = text;
+    while let Some((name, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, escaped)) => value.push(escaped),
+                    None => {}
+                },
+                '"' => {
+                    end = at + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.push((name.trim_start_matches(',').to_owned(), value));
+        rest = &after[end..];
+    }
+    labels
+}

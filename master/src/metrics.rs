@@ -1,0 +1,353 @@
+//! The master's Prometheus metrics (`GET /metrics`), all named `shardcache_master_*`.
+//!
+//! Events on the request path (shard calls, reads, decode failures, quorum
+//! failures) are counted where they happen. State that already lives elsewhere —
+//! node states, placement epoch, repair progress and totals — is copied into the
+//! registry when it is scraped, so there is one source of truth and nothing to keep
+//! in step on the hot path. The README's metrics table lists every family.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use shardcache_common::aux_client::{AuxError, PutOutcome};
+use shardcache_common::frame::FrameError;
+use shardcache_common::http_metrics::{advance_counter as advance, HttpMetrics, Registrar};
+
+use crate::cluster::{NodeState, View};
+use crate::repair::{PassCounts, RepairStatus};
+
+/// A master→aux shard operation, the `op` label.
+#[derive(Clone, Copy, Debug)]
+pub enum ShardOp {
+    Put,
+    Get,
+    Delete,
+}
+
+impl ShardOp {
+    fn label(self) -> &'static str {
+        match self {
+            ShardOp::Put => "put",
+            ShardOp::Get => "get",
+            ShardOp::Delete => "delete",
+        }
+    }
+}
+
+/// How a shard call ended, the `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardOutcome {
+    Ok,
+    /// A get found nothing.
+    Miss,
+    /// The node held a newer version and kept it.
+    Stale,
+    Timeout,
+    Error,
+}
+
+impl ShardOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            ShardOutcome::Ok => "ok",
+            ShardOutcome::Miss => "miss",
+            ShardOutcome::Stale => "stale",
+            ShardOutcome::Timeout => "timeout",
+            ShardOutcome::Error => "error",
+        }
+    }
+
+    pub fn of_put(result: &Result<PutOutcome, AuxError>) -> Self {
+        match result {
+            Ok(PutOutcome::Stored) => ShardOutcome::Ok,
+            Ok(PutOutcome::Superseded(_)) => ShardOutcome::Stale,
+            Err(error) => ShardOutcome::of_error(error),
+        }
+    }
+
+    pub fn of_get<T>(result: &Result<Option<T>, AuxError>) -> Self {
+        match result {
+            Ok(Some(_)) => ShardOutcome::Ok,
+            Ok(None) => ShardOutcome::Miss,
+            Err(error) => ShardOutcome::of_error(error),
+        }
+    }
+
+    fn of_error(error: &AuxError) -> Self {
+        match error {
+            AuxError::Timeout(_) => ShardOutcome::Timeout,
+            _ => ShardOutcome::Error,
+        }
+    }
+}
+
+/// What a `GET /data/{key}` found, the `result` label of `reads_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum ReadResult {
+    Hit,
+    Miss,
+    Unavailable,
+}
+
+/// Which request missed the write quorum, the `op` label.
+#[derive(Clone, Copy, Debug)]
+pub enum QuorumOp {
+    Write,
+    Delete,
+}
+
+/// Every metric a master exports, in its own registry.
+pub struct MasterMetrics {
+    registry: Registry,
+    pub http: HttpMetrics,
+    shard_requests: IntCounterVec,
+    shard_duration: HistogramVec,
+    reads: IntCounterVec,
+    degraded_reads: IntCounter,
+    decode_failures: IntCounter,
+    checksum_mismatches: IntCounter,
+    write_quorum_failures: IntCounterVec,
+    read_repaired_shards: IntCounter,
+    node_state: IntGaugeVec,
+    nodes_by_state: IntGaugeVec,
+    placement_epoch: IntGauge,
+    repair: RepairMetrics,
+    /// Serialises scrapes: copying totals into counters takes a read-then-add.
+    scrape: Mutex<()>,
+}
+
+/// Repair progress, copied from [`RepairStatus`] at each scrape.
+struct RepairMetrics {
+    keys_scanned: IntCounter,
+    keys_repaired: IntCounter,
+    shards_rebuilt: IntCounter,
+    shards_moved: IntCounter,
+    shards_deleted: IntCounter,
+    bytes_written: IntCounter,
+    keys_unreadable: IntCounter,
+    failures: IntCounter,
+    passes: IntCounter,
+    backlog_ratio: Gauge,
+    complete: IntGauge,
+    running: IntGauge,
+    lease_held: IntGauge,
+    last_pass_seconds: Gauge,
+}
+
+impl MasterMetrics {
+    pub fn new() -> Self {
+        Self::build().expect("metric names and labels are valid and registered once")
+    }
+
+    fn build() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let r = Registrar {
+            registry: &registry,
+            prefix: "shardcache_master",
+        };
+        let shard_labels = &["node", "op", "outcome"];
+        let metrics = MasterMetrics {
+            http: HttpMetrics::register(&r)?,
+            shard_requests: r.counter_vec(
+                "shard_requests_total",
+                "Shard calls to aux nodes, by node id, operation (put/get/delete) and outcome (ok/miss/stale/timeout/error).",
+                shard_labels,
+            )?,
+            shard_duration: r.histogram_vec(
+                "shard_request_duration_seconds",
+                "Latency of shard calls to aux nodes, by node id, operation and outcome.",
+                shard_labels,
+            )?,
+            reads: r.counter_vec(
+                "reads_total",
+                "GET /data results: hit, miss (absent, expired or deleted) or unavailable (503).",
+                &["result"],
+            )?,
+            degraded_reads: r.counter(
+                "degraded_reads_total",
+                "Hits where an owner failed or lacked the shard (answered from the rest, with parity if needed), or found only beyond the owners.",
+            )?,
+            decode_failures: r.counter(
+                "decode_failures_total",
+                "Sets of k shards that did not rebuild into their value (the read answered 503).",
+            )?,
+            checksum_mismatches: r.counter(
+                "checksum_mismatches_total",
+                "Shard frames or rebuilt values that failed their checksum.",
+            )?,
+            write_quorum_failures: r.counter_vec(
+                "write_quorum_failures_total",
+                "Writes and deletes that did not reach the write quorum (answered 503).",
+                &["op"],
+            )?,
+            read_repaired_shards: r.counter(
+                "read_repaired_shards_total",
+                "Shards written back to owners that lacked them, by read-repair.",
+            )?,
+            node_state: r.gauge_vec(
+                "aux_node_state",
+                "1 for each aux node's current state (up, suspect, down), 0 for the others.",
+                &["node", "state"],
+            )?,
+            nodes_by_state: r.gauge_vec("aux_nodes", "Aux nodes in each state.", &["state"])?,
+            placement_epoch: r.gauge(
+                "placement_epoch",
+                "Increments whenever placement changes (a node goes down, returns, joins or leaves).",
+            )?,
+            repair: RepairMetrics {
+                keys_scanned: r.counter("repair_keys_scanned_total", "Keys checked by repair passes.")?,
+                keys_repaired: r.counter("repair_keys_repaired_total", "Keys a repair pass had to fix.")?,
+                shards_rebuilt: r.counter("repair_shards_rebuilt_total", "Shards re-encoded from k others by repair.")?,
+                shards_moved: r.counter("repair_shards_moved_total", "Shards copied to their owner by repair (rebalancing).")?,
+                shards_deleted: r.counter("repair_shards_deleted_total", "Stray copies removed from nodes that no longer own them.")?,
+                bytes_written: r.counter("repair_bytes_written_total", "Shard bytes written by repair.")?,
+                keys_unreadable: r.counter("repair_keys_unreadable_total", "Keys found with fewer than k shards of their newest version.")?,
+                failures: r.counter("repair_failures_total", "Repair steps that failed; the next pass retries them.")?,
+                passes: r.counter("repair_passes_total", "Repair passes finished (clean or not).")?,
+                backlog_ratio: r.float_gauge(
+                    "repair_backlog_ratio",
+                    "Fraction of the ring still to be checked before the current placement has full redundancy (0 = complete; standby masters say 1).",
+                )?,
+                complete: r.gauge("repair_complete", "1 when a pass over the current placement finished cleanly.")?,
+                running: r.gauge("repair_running", "1 while this master runs a repair pass.")?,
+                lease_held: r.gauge("repair_lease_held", "1 when this master holds the repair lease.")?,
+                last_pass_seconds: r.float_gauge(
+                    "repair_last_pass_duration_seconds",
+                    "Duration of the last finished repair pass.",
+                )?,
+            },
+            scrape: Mutex::new(()),
+            registry: registry.clone(),
+        };
+        r.info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        // Label sets every dashboard expects to exist before the first event.
+        for result in ["hit", "miss", "unavailable"] {
+            metrics.reads.with_label_values(&[result]);
+        }
+        for op in ["write", "delete"] {
+            metrics.write_quorum_failures.with_label_values(&[op]);
+        }
+        for state in ["up", "suspect", "down"] {
+            metrics.nodes_by_state.with_label_values(&[state]);
+        }
+        Ok(metrics)
+    }
+
+    pub fn shard_call(&self, node: &str, op: ShardOp, outcome: ShardOutcome, took: Duration) {
+        let labels = [node, op.label(), outcome.label()];
+        self.shard_requests.with_label_values(&labels).inc();
+        self.shard_duration
+            .with_label_values(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a frame that failed its checksum on the way from an aux node.
+    pub fn shard_error(&self, error: &AuxError) {
+        if matches!(error, AuxError::BadFrame(FrameError::ChecksumMismatch)) {
+            self.checksum_mismatches.inc();
+        }
+    }
+
+    pub fn read(&self, result: ReadResult) {
+        let label = match result {
+            ReadResult::Hit => "hit",
+            ReadResult::Miss => "miss",
+            ReadResult::Unavailable => "unavailable",
+        };
+        self.reads.with_label_values(&[label]).inc();
+    }
+
+    pub fn degraded_read(&self) {
+        self.degraded_reads.inc();
+    }
+
+    /// Counts shards that did not decode; `checksum` when the rebuilt value failed
+    /// its checksum (as opposed to inconsistent shards).
+    pub fn decode_failure(&self, checksum: bool) {
+        self.decode_failures.inc();
+        if checksum {
+            self.checksum_mismatches.inc();
+        }
+    }
+
+    pub fn write_quorum_failure(&self, op: QuorumOp) {
+        let label = match op {
+            QuorumOp::Write => "write",
+            QuorumOp::Delete => "delete",
+        };
+        self.write_quorum_failures.with_label_values(&[label]).inc();
+    }
+
+    pub fn read_repaired_shard(&self) {
+        self.read_repaired_shards.inc();
+    }
+
+    pub fn read_repaired_shards(&self) -> u64 {
+        self.read_repaired_shards.get()
+    }
+
+    /// Copies the cluster view and repair status in, then renders the text format.
+    pub fn render(&self, view: &View, repair: &RepairStatus) -> axum::response::Response {
+        let _scrape = self.scrape.lock();
+        self.node_state.reset();
+        let mut counts = [0i64; 3];
+        for (node, state) in view.node_states() {
+            for (slot, candidate) in [NodeState::Up, NodeState::Suspect, NodeState::Down]
+                .into_iter()
+                .enumerate()
+            {
+                let current = state == candidate;
+                counts[slot] += i64::from(current);
+                self.node_state
+                    .with_label_values(&[node, candidate.as_str()])
+                    .set(i64::from(current));
+            }
+        }
+        for (state, count) in ["up", "suspect", "down"].into_iter().zip(counts) {
+            self.nodes_by_state.with_label_values(&[state]).set(count);
+        }
+        self.placement_epoch.set(view.epoch as i64);
+        self.repair.update(repair);
+        shardcache_common::http_metrics::exposition(&self.registry)
+    }
+}
+
+impl Default for MasterMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RepairMetrics {
+    fn update(&self, status: &RepairStatus) {
+        let PassCounts {
+            keys_scanned,
+            keys_repaired,
+            shards_rebuilt,
+            shards_moved,
+            shards_deleted,
+            bytes_written,
+            keys_unreadable,
+            failures,
+        } = status.totals_with_current();
+        advance(&self.keys_scanned, keys_scanned);
+        advance(&self.keys_repaired, keys_repaired);
+        advance(&self.shards_rebuilt, shards_rebuilt);
+        advance(&self.shards_moved, shards_moved);
+        advance(&self.shards_deleted, shards_deleted);
+        advance(&self.bytes_written, bytes_written);
+        advance(&self.keys_unreadable, keys_unreadable);
+        advance(&self.failures, failures);
+        advance(&self.passes, status.passes);
+        self.backlog_ratio.set(status.backlog_ratio());
+        self.complete.set(i64::from(status.complete));
+        self.running.set(i64::from(status.state == "running"));
+        self.lease_held.set(i64::from(
+            status.lease_holder.as_deref() == Some(&status.this_master),
+        ));
+        if let Some(last) = &status.last_pass {
+            self.last_pass_seconds.set(last.duration_ms as f64 / 1000.0);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The master's shard calls to aux nodes — put, get, delete — each one counted and
+//! timed per node, operation and outcome (`shardcache_master_shard_requests_total`
+//! and `…_shard_request_duration_seconds`). The data path and repair go through it,
+//! so no shard call escapes the metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use shardcache_common::aux_client::{AuxClient, AuxError, PutOutcome};
+use shardcache_common::frame::ShardFrame;
+use shardcache_common::version::Version;
+
+use crate::cluster::Node;
+use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
+
+/// An [`AuxClient`] whose shard calls are measured.
+#[derive(Clone)]
+pub struct ShardClient {
+    client: AuxClient,
+    metrics: Arc<MasterMetrics>,
+}
+
+impl ShardClient {
+    pub fn new(client: AuxClient, metrics: Arc<MasterMetrics>) -> Self {
+        ShardClient { client, metrics }
+    }
+
+    /// The unmeasured client, for calls that are not shard traffic (inventory,
+    /// leases).
+    pub fn aux(&self) -> &AuxClient {
+        &self.client
+    }
+
+    pub async fn put(&self, node: &Node, frame: Bytes) -> Result<PutOutcome, AuxError> {
+        let started = Instant::now();
+        let result = self.client.put_shard(&node.address, frame).await;
+        self.record(node, ShardOp::Put, ShardOutcome::of_put(&result), started);
+        result
+    }
+
+    pub async fn get(&self, node: &Node, key: &str) -> Result<Option<ShardFrame>, AuxError> {
+        let started = Instant::now();
+        let result = self.client.get_shard(&node.address, key).await;
+        self.record(node, ShardOp::Get, ShardOutcome::of_get(&result), started);
+        if let Err(error) = &result {
+            self.metrics.shard_error(error);
+        }
+        result
+    }
+
+    /// Removes `key`'s shard from `node` unless the node holds a version newer than
+    /// `version`.
+    pub async fn delete(
+        &self,
+        node: &Node,
+        key: &str,
+        version: Version,
+    ) -> Result<PutOutcome, AuxError> {
+        let started = Instant::now();
+        let result = self.client.delete_shard(&node.address, key, version).await;
+        self.record(
+            node,
+            ShardOp::Delete,
+            ShardOutcome::of_put(&result),
+            started,
+        );
+        result
+    }
+
+    fn record(&self, node: &Node, op: ShardOp, outcome: ShardOutcome, started: Instant) {
+        self.metrics
+            .shard_call(&node.id, op, outcome, started.elapsed());
+    }
+}
