@@ -273,16 +273,25 @@ async fn get_json(http: &reqwest::Client, url: &str, expected: StatusCode) -> Va
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("GET {url}: not JSON: {text}"))
 }
 
-/// Runs `loadtest/run.sh` against `host`; returns its output.
-fn run_locust(host: &str, dir: &Path) -> String {
+/// Runs `loadtest/run.sh` against `host` for `duration` with `extra` environment and
+/// arguments; returns whether it passed, and its output.
+fn run_locust(
+    host: &str,
+    dir: &Path,
+    duration: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (bool, String) {
     let output = std::process::Command::new(repo_root().join("loadtest/run.sh"))
         .arg(host)
+        .args(args)
         .current_dir(dir)
         .env("LOCUST", tools().venv.join("bin/locust"))
         .env("USERS", "10")
         .env("SPAWN_RATE", "10")
-        .env("DURATION", "20s")
+        .env("DURATION", duration)
         .env("CSV_PREFIX", dir.join("locust"))
+        .envs(env.iter().copied())
         .output()
         .expect("run loadtest/run.sh");
     let text = format!(
@@ -290,8 +299,7 @@ fn run_locust(host: &str, dir: &Path) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "Locust reported failures:\n{text}");
-    text
+    (output.status.success(), text)
 }
 
 /// Runs `grafana/check_dashboards.py` with `args`; returns (success, output).
@@ -336,7 +344,8 @@ async fn stack_behind_nginx_under_locust_with_every_dashboard_query_answered() {
     // One aux node dies before the load: reads are served degraded, its shards are
     // rebuilt elsewhere, and the recovery dashboard has something to show.
     cluster.cluster.aux[5].kill();
-    let locust = run_locust(&nginx, work.path());
+    let (ok, locust) = run_locust(&nginx, work.path(), "20s", &[], &[]);
+    assert!(ok, "Locust reported failures:\n{locust}");
     println!("---- Locust (loadtest/run.sh {nginx}) ----\n{locust}");
 
     let prometheus = format!("http://{prometheus_addr}");
@@ -388,6 +397,27 @@ async fn stack_behind_nginx_under_locust_with_every_dashboard_query_answered() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// The load test's value check is real: a value whose embedded digest does not
+/// match fails the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locust_fails_the_run_when_a_value_is_corrupted() {
+    let cluster = TestCluster::start();
+    let forged = format!("sc1:{}:{}", "0".repeat(64), "x".repeat(100));
+    let (status, body) = cluster.set("lt:0", &forged).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let work = tempfile::tempdir().unwrap();
+    // One key, read-heavy users only: the first GETs find the forged value.
+    let (ok, output) = run_locust(
+        &cluster.master(),
+        work.path(),
+        "3s",
+        &[("SHARDCACHE_KEYS", "1")],
+        &["ReadHeavyUser"],
+    );
+    assert!(!ok, "Locust passed a corrupted value:\n{output}");
+    assert!(output.contains("digest mismatch"), "{output}");
 }
 
 #[test]
