@@ -248,6 +248,9 @@ pub struct Cluster {
     dns: Mutex<DnsState>,
     clock: HybridClock,
     epochs: watch::Sender<u64>,
+    /// `(id, ignored address)` pairs where two live addresses report one node id,
+    /// as of the last publish: each is warned about once, not every probe round.
+    duplicate_ids: Mutex<BTreeSet<(Arc<str>, String)>>,
 }
 
 #[derive(Default)]
@@ -284,6 +287,7 @@ impl Cluster {
             dns: Mutex::new(DnsState::default()),
             clock: HybridClock::with_random_writer(),
             epochs: watch::channel(0).0,
+            duplicate_ids: Mutex::default(),
         }
     }
 
@@ -520,10 +524,26 @@ impl Cluster {
         }
     }
 
+    /// Logs each address that reports an id another live address already has, once
+    /// while the clash lasts.
+    fn warn_about_new_duplicates(
+        &self,
+        duplicates: BTreeSet<(Arc<str>, String)>,
+        slots: &HashMap<Arc<str>, Slot>,
+    ) {
+        let mut known = self.duplicate_ids.lock();
+        for (id, address) in duplicates.difference(&known) {
+            let first = slots.get(id).map(|slot| slot.node.address.clone());
+            tracing::warn!(%id, first = ?first, second = %address, "two addresses report the same node id; using the first");
+        }
+        *known = duplicates;
+    }
+
     /// Rebuilds the view from the members; bumps the epoch if placement changed.
     fn publish(&self) {
         let members = self.members.lock().clone();
         let mut slots: HashMap<Arc<str>, Slot> = HashMap::new();
+        let mut duplicates = BTreeSet::new();
         for (address, member) in &members {
             let Some(id) = &member.id else { continue };
             let candidate = Slot {
@@ -543,7 +563,7 @@ impl Cluster {
             match slots.get(id) {
                 Some(held) if rank(held.state) <= rank(candidate.state) => {
                     if held.state == NodeState::Up && candidate.state == NodeState::Up {
-                        tracing::warn!(%id, first = %held.node.address, second = %address, "two addresses report the same node id; using the first");
+                        duplicates.insert((id.clone(), address.clone()));
                     }
                 }
                 _ => {
@@ -551,6 +571,7 @@ impl Cluster {
                 }
             }
         }
+        self.warn_about_new_duplicates(duplicates, &slots);
         let mut ids: Vec<String> = slots.keys().map(|id| id.to_string()).collect();
         ids.sort();
         let mut view = self.view.write();

@@ -404,16 +404,19 @@ async fn stack_behind_nginx_under_locust_with_every_dashboard_query_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locust_fails_the_run_when_a_value_is_corrupted() {
     let cluster = TestCluster::start();
+    // Every key of the load test's key space holds a forged value; read-heavy users
+    // overwrite a few of them, but the GETs cannot all miss the rest.
     let forged = format!("sc1:{}:{}", "0".repeat(64), "x".repeat(100));
-    let (status, body) = cluster.set("lt:0", &forged).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    for index in 0..50 {
+        let (status, body) = cluster.set(&format!("lt:{index}"), &forged).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     let work = tempfile::tempdir().unwrap();
-    // One key, read-heavy users only: the first GETs find the forged value.
     let (ok, output) = run_locust(
         &cluster.master(),
         work.path(),
         "3s",
-        &[("SHARDCACHE_KEYS", "1")],
+        &[("SHARDCACHE_KEYS", "50")],
         &["ReadHeavyUser"],
     );
     assert!(!ok, "Locust passed a corrupted value:\n{output}");
