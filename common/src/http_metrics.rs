@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::core::Collector;
@@ -154,13 +154,13 @@ pub async fn track(State(metrics): State<HttpMetrics>, request: Request, next: N
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned());
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();
     let labels = [
         route.as_deref().unwrap_or(UNMATCHED_ROUTE),
-        method.as_str(),
+        method,
         status.as_str(),
     ];
     metrics.requests.with_label_values(&labels).inc();
@@ -169,6 +169,22 @@ pub async fn track(State(metrics): State<HttpMetrics>, request: Request, next: N
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: the standard methods by name, anything else as `other`. Any
+/// token is a valid HTTP method, so taking it verbatim would let clients create
+/// series without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// `registry` in the Prometheus text format, as a `GET /metrics` response.
@@ -238,7 +254,15 @@ mod tests {
     use tower::ServiceExt;
 
     async fn call(app: &Router, path: &str) -> StatusCode {
-        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        call_with(app, Method::GET, path).await
+    }
+
+    async fn call_with(app: &Router, method: Method, path: &str) -> StatusCode {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
         app.clone().oneshot(request).await.unwrap().status()
     }
 
@@ -256,6 +280,13 @@ mod tests {
         assert_eq!(call(&app, "/data/secret-key-1").await, StatusCode::OK);
         assert_eq!(call(&app, "/data/secret-key-2").await, StatusCode::OK);
         assert_eq!(call(&app, "/nowhere").await, StatusCode::NOT_FOUND);
+        for invented in ["AAAB", "AAAC", "BREW"] {
+            let method = Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(
+                call_with(&app, method, "/data/k").await,
+                StatusCode::METHOD_NOT_ALLOWED
+            );
+        }
 
         let text = TextEncoder::new()
             .encode_to_string(&registry.gather())
@@ -276,6 +307,13 @@ mod tests {
             text.contains(r#"test_http_request_duration_seconds_bucket{method="GET",route="/data/{*key}",status="200",le="10"} 2"#),
             "{text}"
         );
+        assert!(
+            text.contains(
+                r#"test_http_requests_total{method="other",route="/data/{*key}",status="405"} 3"#
+            ),
+            "invented methods share one label value: {text}"
+        );
+        assert!(!text.contains("AAAB"), "a method became a label: {text}");
         assert!(!text.contains("secret-key"), "a key became a label: {text}");
     }
 }
