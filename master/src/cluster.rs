@@ -187,13 +187,21 @@ impl View {
         nodes
     }
 
-    /// Nodes on the ring that are down: skipped by placement, but they may hold
-    /// shards.
-    pub fn down_count(&self) -> usize {
-        self.slots
-            .values()
-            .filter(|slot| slot.state == NodeState::Down)
-            .count()
+    /// Down nodes that `key`'s ring walk meets before its `owners`-th live node:
+    /// the nodes that owned the key before they went down, and may hold its shards.
+    pub fn down_owners(&self, key: &str, owners: usize) -> usize {
+        let mut live = 0;
+        let mut down = 0;
+        for slot in self.ring.walk(key).filter_map(|id| self.slots.get(id)) {
+            if live == owners {
+                break;
+            }
+            match slot.state {
+                NodeState::Down => down += 1,
+                _ => live += 1,
+            }
+        }
+        down
     }
 
     /// Every node on the ring with its state.
@@ -839,6 +847,51 @@ mod tests {
             let key = format!("key-{i}");
             assert_eq!(with_down.owners(&key, 5), without.owners(&key, 5));
             assert_eq!(with_down.placement(&key).len(), 6);
+        }
+    }
+
+    #[test]
+    fn down_owners_are_the_down_nodes_among_a_keys_former_owners() {
+        let now = Instant::now();
+        let names = ["a", "b", "c", "d", "e", "f", "g"];
+        let all_up = view_of(
+            names
+                .iter()
+                .map(|id| slot(id, NodeState::Up, now))
+                .collect(),
+        );
+        let down = ["c", "f"];
+        let two_down = view_of(
+            names
+                .iter()
+                .map(|id| {
+                    let state = match down.contains(id) {
+                        true => NodeState::Down,
+                        false => NodeState::Up,
+                    };
+                    slot(id, state, now)
+                })
+                .collect(),
+        );
+        let down_among = |nodes: Vec<Node>| {
+            nodes
+                .iter()
+                .filter(|node| down.contains(&&*node.id))
+                .count()
+        };
+        for i in 0..2000 {
+            let key = format!("key-{i}");
+            let counted = two_down.down_owners(&key, 5);
+            // Every node that owned the key while all were up may hold a shard...
+            assert!(counted >= down_among(all_up.owners(&key, 5)), "{key}");
+            // ...and so may one that took over from a node that went down first:
+            // the count is the down nodes among the first 5 + counted of the walk.
+            assert_eq!(
+                down_among(all_up.owners(&key, 5 + counted)),
+                counted,
+                "{key}"
+            );
+            assert_eq!(all_up.down_owners(&key, 5), 0);
         }
     }
 

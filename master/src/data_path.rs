@@ -67,9 +67,18 @@ enum ReadOutcome {
     Deleted,
     /// No value: never written, or expired.
     Absent,
-    /// Every owner answered, but no version had `k` shards.
-    Partial,
+    /// Every owner answered, but no version had `k` shards. `recoverable` when
+    /// down owners may hold enough of the missing shards to make one decodable.
+    Partial {
+        recoverable: bool,
+    },
     Unavailable(String),
+    /// `k` shards of one version did not rebuild their value (or failed the value
+    /// checksum): stored data is corrupt or inconsistent.
+    Undecodable {
+        reason: String,
+        checksum: bool,
+    },
 }
 
 /// A value read back, with the version that wrote it.
@@ -273,22 +282,27 @@ impl DataPath {
             match self.read_once(key).await {
                 ReadOutcome::Value(found) => return Ok(Some(found)),
                 ReadOutcome::Absent | ReadOutcome::Deleted => return Ok(None),
-                ReadOutcome::Partial if attempt < PARTIAL_READ_RETRIES => {
+                ReadOutcome::Partial { .. } if attempt < PARTIAL_READ_RETRIES => {
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
-                // Leftovers of a write that never reached its quorum: a miss,
-                // unless down nodes may hold the rest of it.
-                ReadOutcome::Partial => {
-                    let down = self.cluster.view().down_count();
-                    if down == 0 {
-                        return Ok(None);
-                    }
+                // Only part of the value is reachable, and the down owners may hold
+                // the rest: "not found" could be wrong.
+                ReadOutcome::Partial { recoverable: true } => {
                     return Err(ApiError::Unavailable(format!(
-                        "only part of {key:?} is on the live aux nodes; {down} nodes are down"
+                        "fewer than k shards of {key:?} are reachable; the rest may be on aux nodes that are down"
                     )));
                 }
+                // Leftovers of a write that never reached its quorum: a miss.
+                ReadOutcome::Partial { recoverable: false } => return Ok(None),
                 ReadOutcome::Unavailable(reason) => return Err(ApiError::Unavailable(reason)),
+                ReadOutcome::Undecodable { reason, checksum } => {
+                    tracing::error!(key, %reason, "stored shards failed verification");
+                    self.metrics.decode_failure(checksum);
+                    return Err(ApiError::Unavailable(format!(
+                        "stored shards of {key:?} failed verification"
+                    )));
+                }
             }
         }
         unreachable!("the retry loop always returns")
@@ -300,7 +314,7 @@ impl DataPath {
         let view = self.cluster.view();
         let mut placement = view.placement(key);
         let mut seen = SeenVersions {
-            down: view.down_count(),
+            down_owners: view.down_owners(key, self.total_shards()),
             ..SeenVersions::default()
         };
         let beyond = placement.split_off(self.total_shards().min(placement.len()));
@@ -309,7 +323,9 @@ impl DataPath {
         let outcome = self.decide(key, &seen, self.read_floors);
         let recently_moved = view.changed_at.elapsed() < RECENT_PLACEMENT_CHANGE;
         let inconclusive = match &outcome {
-            ReadOutcome::Partial | ReadOutcome::Unavailable(_) => true,
+            ReadOutcome::Partial { .. }
+            | ReadOutcome::Unavailable(_)
+            | ReadOutcome::Undecodable { .. } => true,
             ReadOutcome::Absent => recently_moved,
             ReadOutcome::Value(_) | ReadOutcome::Deleted => false,
         };
@@ -373,13 +389,15 @@ impl DataPath {
     /// Turns the shards a read collected into its answer: the newest decodable
     /// version, unless a newer tombstone says the key was deleted.
     fn decide(&self, key: &str, seen: &SeenVersions, floors: ReadFloors) -> ReadOutcome {
-        let mut partial = false;
+        // The most shards any undecodable version has, and how many it needs.
+        let mut partial: Option<(usize, usize)> = None;
         for (version, shards) in seen.versions.iter().rev() {
             if shards.tombstone {
                 return ReadOutcome::Deleted;
             }
             if shards.frames.len() < shards.needed() {
-                partial = true;
+                let (most, needed) = partial.unwrap_or((0, shards.needed()));
+                partial = Some((most.max(shards.frames.len()), needed));
                 continue;
             }
             return match self.decode(&shards.frames) {
@@ -388,31 +406,29 @@ impl DataPath {
                     value,
                     degraded: seen.is_degraded(*version),
                 }),
-                Err(error) => {
-                    self.metrics
-                        .decode_failure(matches!(error, CodecError::ChecksumMismatch));
-                    tracing::error!(key, %version, %error, "stored shards failed verification");
-                    ReadOutcome::Unavailable(format!(
-                        "stored shards of {key:?} failed verification"
-                    ))
-                }
+                Err(error) => ReadOutcome::Undecodable {
+                    reason: format!("version {version}: {error}"),
+                    checksum: matches!(error, CodecError::ChecksumMismatch),
+                },
             };
         }
         // Nothing decodable. Owners that did not answer may hold what is missing;
-        // and once as many nodes are down as a write needs, every shard of an
-        // acknowledged write may be on them.
-        if (partial && seen.failures > 0)
+        // and when as many of the key's owners are down as a write needs, every
+        // shard of an acknowledged write may be on them.
+        if (partial.is_some() && seen.failures > 0)
             || seen.answered < floors.miss
-            || seen.down >= self.write_quorum
+            || seen.down_owners >= self.write_quorum
         {
             return ReadOutcome::Unavailable(format!(
-                "too few aux nodes answered to read {key:?}: {} answered, {} failed, {} down",
-                seen.answered, seen.failures, seen.down
+                "too few aux nodes answered to read {key:?}: {} answered, {} failed, {} of its owners down",
+                seen.answered, seen.failures, seen.down_owners
             ));
         }
         match partial {
-            true => ReadOutcome::Partial,
-            false => ReadOutcome::Absent,
+            Some((most, needed)) => ReadOutcome::Partial {
+                recoverable: most + seen.down_owners >= needed,
+            },
+            None => ReadOutcome::Absent,
         }
     }
 
@@ -609,8 +625,8 @@ struct SeenVersions {
     answered: usize,
     /// Nodes that failed or timed out.
     failures: usize,
-    /// Nodes not asked because they are down (they may hold shards).
-    down: usize,
+    /// The key's owners that are down, so were not asked (they may hold shards).
+    down_owners: usize,
 }
 
 #[derive(Default)]

@@ -166,7 +166,7 @@ impl MasterMetrics {
             )?,
             degraded_reads: r.counter(
                 "degraded_reads_total",
-                "Hits where an owner failed or lacked the shard (answered from the rest, with parity if needed), or found only beyond the owners.",
+                "Hits where an owner that answered before the read settled failed or lacked the shard, or that were found only beyond the owners.",
             )?,
             decode_failures: r.counter(
                 "decode_failures_total",

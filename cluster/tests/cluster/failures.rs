@@ -75,6 +75,68 @@ async fn beyond_m_failures_a_stored_key_is_unavailable_never_a_miss() {
     }
 }
 
+/// With one node down, a read says 503 only for a key that node owned (it may hold
+/// the missing shard); a key never written, or one left with fewer than `k` shards
+/// on nodes that are all up, is a plain miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_node_down_only_keys_it_owned_can_be_unavailable() {
+    let mut cluster = TestCluster::start();
+    let dead = 0;
+    let pick = |prefix: &str, owned: bool| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|key| cluster.owners(key).contains(&dead) == owned)
+            .unwrap()
+    };
+    let (owned, elsewhere) = (pick("owned", true), pick("elsewhere", false));
+    for key in [&owned, &elsewhere] {
+        assert_eq!(cluster.set(key, "v").await.0, StatusCode::OK);
+    }
+    cluster.wait_for_aux_items(2 * SHARDS_PER_KEY).await;
+    // Leave each key two shards on live nodes (fewer than k = 3): the shard on the
+    // node about to die is kept.
+    for key in [&owned, &elsewhere] {
+        let response = cluster
+            .http
+            .get(format!("{}/data/{key}", cluster.master()))
+            .send()
+            .await
+            .unwrap();
+        let version = response.headers()["shardcache-version"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let live_owners: Vec<usize> = cluster
+            .owners(key)
+            .into_iter()
+            .filter(|aux| *aux != dead)
+            .collect();
+        for aux in &live_owners[2..] {
+            let addr = cluster.cluster.aux[*aux].addr;
+            let url = format!(
+                "http://{addr}{}?version={version}",
+                shardcache_common::wire::shard_path(key)
+            );
+            let deleted = cluster.http.delete(url).send().await.unwrap();
+            assert!(
+                deleted.status().is_success(),
+                "delete a shard of {key} on aux-{aux}"
+            );
+        }
+    }
+    cluster.cluster.aux[dead].kill();
+    cluster.wait_for_state(dead, "down").await;
+
+    let (status, body) = cluster.get(&owned).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{owned}: {body}");
+    let (status, body) = cluster.get(&elsewhere).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{elsewhere}: {body}");
+    for index in 0..50 {
+        let key = format!("never-written-{index}");
+        assert_eq!(cluster.get(&key).await.0, StatusCode::NOT_FOUND, "{key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigstopped_aux_node_costs_at_most_one_timeout() {
     let timeout = Duration::from_millis(300);
