@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -71,8 +72,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped; its
-/// output goes to `<name>.log` in its directory, printed if the test fails.
+/// Runs `"$@"` until its stdin closes, then stops it with SIGTERM. The test holds
+/// the other end of stdin, so the program stops when the test drops the [`Daemon`]
+/// and also when the test process dies without running any destructor.
+const STOP_WITH_STDIN: &str = r#""$@" </dev/null & program=$!
+cat >/dev/null
+kill -TERM "$program" 2>/dev/null
+wait "$program""#;
+
+/// A program (nginx, Prometheus) run under [`STOP_WITH_STDIN`], stopped when
+/// dropped; its output goes to `<name>.log` in its directory, printed if the test
+/// fails.
 pub struct Daemon {
     name: &'static str,
     child: Child,
@@ -83,11 +93,15 @@ impl Daemon {
     pub fn start(name: &'static str, program: &Path, args: &[String], dir: &Path) -> Daemon {
         let log = dir.join(format!("{name}.log"));
         let file = File::create(&log).expect("create log");
-        let child = Command::new(program)
+        let child = Command::new("sh")
+            .args(["-c", STOP_WITH_STDIN, name])
+            .arg(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(file.try_clone().expect("clone log"))
             .stderr(file)
+            // A group of its own, so the last resort below can kill program and wrapper.
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|error| panic!("start {}: {error}", program.display()));
         Daemon { name, child, log }
@@ -102,7 +116,8 @@ impl Drop for Daemon {
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             eprintln!("----- {} log -----\n{}", self.name, tail.join("\n"));
         }
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        // Closing stdin makes the wrapper SIGTERM the program and wait for it.
+        drop(self.child.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -110,6 +125,8 @@ impl Drop for Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Still running after 10 s: kill the wrapper's whole family.
+        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
