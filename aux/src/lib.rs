@@ -86,16 +86,13 @@ pub async fn run(
         metrics,
         metrics_on_api_listener: config.metrics_listen.is_none(),
     };
-    if let Some(addr) = config.metrics_listen {
-        let metrics_listener = http_metrics::bind_metrics_listener(addr)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        http_metrics::spawn_metrics_server(
-            metrics_listener,
-            api::metrics_app(state.clone()),
-            shutdown.requested(),
-        );
-    }
+    http_metrics::serve_metrics_listener(
+        config.metrics_listen,
+        api::metrics_app(state.clone()),
+        shutdown.requested(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     tracing::info!(
         listen = %listener.local_addr()?,
         node_id,

@@ -215,13 +215,24 @@ pub fn advance_counter(counter: &IntCounter, total: u64) {
     }
 }
 
-/// Serves `router` (the `/metrics` route alone) on the `--metrics-listen` listener
-/// in the background until `shutdown` resolves.
-pub fn spawn_metrics_server(
-    listener: TcpListener,
+/// With `--metrics-listen ADDR`: binds ADDR, prints `metrics listening on ADDR` on
+/// stdout (so port 0 can be used), and serves `router` (the `/metrics` route alone)
+/// there in the background until `shutdown` resolves. Without it, does nothing.
+pub async fn serve_metrics_listener(
+    addr: Option<SocketAddr>,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> Result<(), String> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| format!("cannot listen for metrics on {addr}: {error}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the address bound for {addr}: {error}"))?;
+    println!("metrics listening on {bound}");
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
@@ -230,19 +241,7 @@ pub fn spawn_metrics_server(
             tracing::error!(%error, "metrics listener failed");
         }
     });
-}
-
-/// Binds the separate metrics listener (`--metrics-listen`) and prints
-/// `metrics listening on ADDR` on stdout, so that port 0 can be used.
-pub async fn bind_metrics_listener(addr: SocketAddr) -> Result<TcpListener, String> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|error| format!("cannot listen for metrics on {addr}: {error}"))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|error| format!("cannot read the address bound for {addr}: {error}"))?;
-    println!("metrics listening on {bound}");
-    Ok(listener)
+    Ok(())
 }
 
 #[cfg(test)]

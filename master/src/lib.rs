@@ -116,14 +116,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = state_from_config(&config)?;
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(
-            http_metrics::bind_metrics_listener(addr)
-                .await
-                .map_err(anyhow::Error::msg)?,
-        ),
-        None => None,
-    };
+    let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
+    http_metrics::serve_metrics_listener(
+        config.metrics_listen,
+        api::metrics_app(state.clone()),
+        shutdown.requested(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let cluster = state.data.cluster().clone();
     cluster.probe_round().await;
     tracing::info!(
@@ -137,14 +137,6 @@ pub async fn run(
     let workers = CancellationToken::new();
     let prober = tokio::spawn(cluster.clone().run(workers.clone()));
     let repairer = tokio::spawn(state.repairer.clone().run(workers.clone()));
-    let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
-    if let Some(metrics_listener) = metrics_listener {
-        http_metrics::spawn_metrics_server(
-            metrics_listener,
-            api::metrics_app(state.clone()),
-            shutdown.requested(),
-        );
-    }
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.requested());
     let served = tokio::select! {
         result = server => result.context("serve client API"),

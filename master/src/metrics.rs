@@ -146,6 +146,7 @@ impl MasterMetrics {
             registry: &registry,
             prefix: "shardcache_master",
         };
+        r.info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         let shard_labels = &["node", "op", "outcome"];
         let metrics = MasterMetrics {
             http: HttpMetrics::register(&r)?,
@@ -218,9 +219,8 @@ impl MasterMetrics {
                 )?,
             },
             scrape: Mutex::new(()),
-            registry: registry.clone(),
+            registry,
         };
-        r.info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         // Label sets every dashboard expects to exist before the first event.
         for result in ["hit", "miss", "unavailable"] {
             metrics.reads.with_label_values(&[result]);
