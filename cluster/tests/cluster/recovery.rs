@@ -348,7 +348,8 @@ async fn a_corrupt_snapshot_is_reported_skipped_and_repaired() {
     cluster.wait_for_aux_items(600 * SHARDS_PER_KEY).await;
     cluster.cluster.aux[0].terminate(); // the second snapshot, on the way out
 
-    // Both kept snapshots damaged: the newest gets a flipped byte, the older is cut.
+    // Both kept snapshots damaged: the newest gets a flipped byte in its last frame
+    // (a flipped length prefix would read as "truncated"), the older is cut.
     let dir = cluster.cluster.aux_data_dir(0);
     let mut snapshots: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -358,8 +359,8 @@ async fn a_corrupt_snapshot_is_reported_skipped_and_repaired() {
     snapshots.sort();
     assert_eq!(snapshots.len(), 2, "{snapshots:?}");
     let mut newest = std::fs::read(&snapshots[1]).unwrap();
-    let middle = newest.len() / 2;
-    newest[middle] ^= 0x10;
+    let last_frame_byte = newest.len() - 9; // before the 8-byte checksum trailer
+    newest[last_frame_byte] ^= 0x10;
     std::fs::write(&snapshots[1], newest).unwrap();
     let older = std::fs::read(&snapshots[0]).unwrap();
     std::fs::write(&snapshots[0], &older[..older.len() / 3]).unwrap();
