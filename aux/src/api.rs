@@ -15,7 +15,7 @@ use shardcache_common::version::Version;
 use shardcache_common::wire::{
     AuxHealth, InventoryCursor, InventoryPage, LeaseRequest, MembershipDoc,
 };
-use shardcache_common::{http_metrics, unix_millis, wire};
+use shardcache_common::{http_metrics, multi_get, unix_millis, wire};
 
 use crate::lease::Leases;
 use crate::membership::MembershipStore;
@@ -54,6 +54,7 @@ pub fn app(state: AuxState) -> Router {
             &format!("{}/{{key}}", wire::SHARDS_PATH),
             get(get_shard).delete(delete_shard),
         )
+        .route(wire::MULTI_GET_PATH, post(multi_get_shards))
         .route(wire::INVENTORY_PATH, get(inventory))
         .route(wire::LEASE_PATH, post(lease))
         .route(
@@ -129,6 +130,24 @@ async fn get_shard(State(state): State<AuxState>, Path(key): Path<String>) -> Re
         }
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// The shards of many keys in one answer (see `shardcache_common::multi_get`).
+async fn multi_get_shards(State(state): State<AuxState>, body: Bytes) -> Response {
+    let keys = match multi_get::decode_request(&body) {
+        Ok(keys) => keys,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
+    };
+    let now_ms = unix_millis();
+    let answers: Vec<Option<Bytes>> = keys
+        .iter()
+        .map(|key| state.store.get(key, now_ms))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        multi_get::encode_response(&answers),
+    )
+        .into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -311,6 +330,50 @@ mod tests {
         assert_eq!(body, encoded);
         let missing = send(&app, "GET", &wire::shard_path("other"), Bytes::new()).await;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_multi_get_answers_every_key_in_order_and_refuses_bad_bodies() {
+        let app = test_app();
+        let held = ["one", "t/w o", "🍒"];
+        let mut encoded = Vec::new();
+        for key in held {
+            let frame = frame(key, 5).encode();
+            send(&app, "PUT", wire::SHARDS_PATH, frame.clone()).await;
+            encoded.push(frame);
+        }
+        let asked = ["🍒", "missing", "one", "t/w o", "one"];
+        let answer = send(
+            &app,
+            "POST",
+            wire::MULTI_GET_PATH,
+            multi_get::encode_request(&asked),
+        )
+        .await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        let answers = multi_get::decode_response(&body, asked.len()).unwrap();
+        let expected = [
+            Some(encoded[2].clone()),
+            None,
+            Some(encoded[0].clone()),
+            Some(encoded[1].clone()),
+            Some(encoded[0].clone()),
+        ];
+        assert_eq!(answers, expected);
+
+        let too_many: Vec<String> = (0..=multi_get::MAX_KEYS).map(|n| n.to_string()).collect();
+        for bad in [
+            Bytes::from_static(b"\x00\x00"),
+            Bytes::from_static(b"\x00\x00\x00\x01\x00\x00\x00\x09ab"),
+            multi_get::encode_request(&too_many),
+        ] {
+            let refused = send(&app, "POST", wire::MULTI_GET_PATH, bad).await;
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+            let body = refused.into_body().collect().await.unwrap().to_bytes();
+            let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(error["error"].is_string(), "{error}");
+        }
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::frame::{FrameError, ShardFrame};
+use crate::multi_get;
 use crate::version::Version;
 use crate::wire::{
     self, AuxHealth, InventoryCursor, InventoryPage, LeaseAnswer, LeaseRequest, MembershipDoc,
@@ -31,7 +32,7 @@ pub enum PutOutcome {
 }
 
 /// Why a call to an aux node failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AuxError {
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -81,6 +82,11 @@ where
         }
     }
 
+    /// How long any one call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Stores an encoded frame on `node`, unless it holds a newer version of the key.
     pub async fn put_shard(&self, node: &str, frame: Bytes) -> Result<PutOutcome, AuxError> {
         let (status, headers, _) = self
@@ -102,6 +108,31 @@ where
             StatusCode::NOT_FOUND => Ok(None),
             other => Err(AuxError::Status(other)),
         }
+    }
+
+    /// Reads the shards `node` holds for each of `keys` in one request: one answer
+    /// per key, in order — the frame, `None` if it holds none, or the error of a frame
+    /// that fails to decode. The response may be up to one frame per key.
+    pub async fn multi_get_shards<K: AsRef<str>>(
+        &self,
+        node: &str,
+        keys: &[K],
+    ) -> Result<Vec<Result<Option<ShardFrame>, FrameError>>, AuxError> {
+        let body = multi_get::encode_request(keys);
+        let limit = self.max_response_bytes.saturating_mul(keys.len().max(1));
+        let (status, _, body) = self
+            .call_limited(Method::POST, node, wire::MULTI_GET_PATH, body, limit)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(AuxError::Status(status));
+        }
+        let answers = multi_get::decode_response(&body, keys.len()).map_err(|problem| {
+            AuxError::Transport(format!("malformed multi-get answer: {problem}"))
+        })?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| answer.map(ShardFrame::decode).transpose())
+            .collect())
     }
 
     /// Removes `node`'s shard of `key` if it is `version` or older.
@@ -202,6 +233,19 @@ where
         path: &str,
         body: Bytes,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes), AuxError> {
+        self.call_limited(method, node, path, body, self.max_response_bytes)
+            .await
+    }
+
+    /// [`Self::call`] reading a response body of at most `max_response_bytes`.
+    async fn call_limited(
+        &self,
+        method: Method,
+        node: &str,
+        path: &str,
+        body: Bytes,
+        max_response_bytes: usize,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), AuxError> {
         let request = Request::builder()
             .method(method)
             .uri(format!("http://{node}{path}"))
@@ -215,7 +259,7 @@ where
                 .await
                 .map_err(|error| AuxError::Transport(error_chain(&error)))?;
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, self.max_response_bytes)
+            let body = Limited::new(body, max_response_bytes)
                 .collect()
                 .await
                 .map_err(|error| AuxError::Transport(format!("read body: {error}")))?

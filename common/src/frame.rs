@@ -62,7 +62,7 @@ pub struct ShardFrame {
 }
 
 /// Why bytes could not be read as a shard frame.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("frame is {0} bytes, shorter than a frame header")]
     TooShort(usize),

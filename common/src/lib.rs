@@ -9,6 +9,7 @@
 //! - [`codec`]: Reed-Solomon encoding of a value into `k + m` shards and back.
 //! - [`ring`]: the consistent-hash ring that maps a key to `k + m` distinct aux nodes.
 //! - [`aux_client`]: the master's typed HTTP client for the aux node API ([`wire`]).
+//! - [`multi_get`]: the binary body of a batched shard read (many keys, one request).
 //! - [`units`]: byte sizes (`256MiB`) and durations (`500ms`) for configuration.
 //! - [`http_metrics`]: per-route HTTP request metrics and the `/metrics` text.
 //! - [`runtime`]: logging set-up and the shutdown signal shared by every binary.
@@ -17,6 +18,7 @@ pub mod aux_client;
 pub mod codec;
 pub mod frame;
 pub mod http_metrics;
+pub mod multi_get;
 pub mod ring;
 pub mod runtime;
 pub mod units;

@@ -6,6 +6,7 @@
 //! |------------------------------|-----------|----------------------------------------------|
 //! | `PUT /v1/shards`             | one frame | 204 stored (or already held at that version); 409 a newer version is held, named in the `shardcache-current-version` header; 400 bad frame; 413 too large |
 //! | `GET /v1/shards/{key}`       | —         | 200 the frame (a tombstone too); 404 nothing live |
+//! | `POST /v1/multi-get`         | keys ([`crate::multi_get`]) | 200 one answer per key, in order: its frame or none; 400 malformed or over [`crate::multi_get::MAX_KEYS`] keys |
 //! | `DELETE /v1/shards/{key}?version=V` | — | 204 removed (or nothing held) if the held version is `V` or older; 409 a newer version is held, named in the header |
 //! | `GET /v1/inventory?after_point=P&after_key=K&limit=N` | — | 200 [`InventoryPage`]: shard headers in ring-point order, no payloads |
 //! | `POST /v1/lease`             | [`LeaseRequest`] JSON | 200 [`LeaseAnswer`]           |
@@ -22,6 +23,9 @@ use crate::version::Version;
 
 /// Collection path for storing shards.
 pub const SHARDS_PATH: &str = "/v1/shards";
+
+/// Batched shard reads: many keys, one request ([`crate::multi_get`]).
+pub const MULTI_GET_PATH: &str = "/v1/multi-get";
 
 /// Paged listing of the shards an aux node holds.
 pub const INVENTORY_PATH: &str = "/v1/inventory";

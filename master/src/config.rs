@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shardcache_common::frame::MAX_KEY_BYTES;
+use shardcache_common::multi_get;
 use shardcache_common::units::{ByteSize, HumanDuration};
 
 /// A shardcache master: the stateless HTTP/JSON API that erasure-codes values
@@ -89,6 +90,16 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_SHARD_TIMEOUT", default_value = "500ms")]
     pub shard_timeout: HumanDuration,
 
+    /// Most shard reads sent to one aux node in one multi-get request; 1 turns
+    /// batching off (one GET per shard). Reads are never held back to fill a batch.
+    #[arg(long, env = "SHARDCACHE_READ_BATCH_MAX", default_value_t = 64)]
+    pub read_batch_max: usize,
+
+    /// Multi-get requests in flight to one aux node at a time; reads arriving while
+    /// all are busy wait and go out together in the next one.
+    #[arg(long, env = "SHARDCACHE_READ_BATCH_IN_FLIGHT", default_value_t = 2)]
+    pub read_batch_in_flight: usize,
+
     /// Longest key, in UTF-8 bytes.
     #[arg(long, env = "SHARDCACHE_MAX_KEY_SIZE", default_value = "1KiB")]
     pub max_key_size: ByteSize,
@@ -172,6 +183,15 @@ impl MasterConfig {
             if value < Duration::from_millis(1) {
                 return Err(format!("{flag} must be at least 1ms"));
             }
+        }
+        if self.read_batch_max == 0 || self.read_batch_max > multi_get::MAX_KEYS {
+            return Err(format!(
+                "--read-batch-max must be between 1 and {}",
+                multi_get::MAX_KEYS
+            ));
+        }
+        if self.read_batch_in_flight == 0 {
+            return Err("--read-batch-in-flight must be at least 1".into());
         }
         if self.repair_concurrency == 0 {
             return Err("--repair-concurrency must be at least 1".into());

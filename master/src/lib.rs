@@ -11,6 +11,7 @@
 //!   read-repair), delete.
 //! - [`repair`]: repair to full redundancy and rebalancing, under a lease.
 //! - [`metrics`]: the Prometheus metrics; [`shard_client`]: shard calls, measured.
+//! - [`read_batcher`]: shard reads batched per aux node (one multi-get per batch).
 //! - [`extract`]: JSON-body and key extractors that answer with the API's errors.
 //! - [`error`]: [`ApiError`] and its HTTP statuses.
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
@@ -22,6 +23,7 @@ pub mod data_path;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod read_batcher;
 pub mod repair;
 pub mod shard_client;
 
@@ -43,8 +45,12 @@ pub use config::MasterConfig;
 use data_path::DataPath;
 pub use error::ApiError;
 use metrics::MasterMetrics;
+use read_batcher::BatchSettings;
 use repair::{RepairSettings, Repairer};
 use shard_client::ShardClient;
+
+/// Most shard reads waiting for one aux node; a full queue makes readers wait.
+const READ_QUEUE_PER_NODE: usize = 4096;
 
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,7 +86,15 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     let data = Arc::new(DataPath::new(
         cluster,
         codec,
-        ShardClient::new(client, metrics.clone()),
+        ShardClient::new(
+            client,
+            metrics.clone(),
+            BatchSettings {
+                max_keys: config.read_batch_max,
+                in_flight: config.read_batch_in_flight,
+                queue: READ_QUEUE_PER_NODE,
+            },
+        ),
         metrics,
         usize::from(config.write_quorum()),
         config.tombstone_ttl.0,

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 use shardcache_common::aux_client::{AuxError, PutOutcome};
 use shardcache_common::frame::FrameError;
 use shardcache_common::http_metrics::{advance_counter as advance, HttpMetrics, Registrar};
@@ -97,12 +99,18 @@ pub enum QuorumOp {
     Delete,
 }
 
+/// Buckets of `shard_batch_keys`: powers of two up to the multi-get limit.
+const BATCH_KEY_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 /// Every metric a master exports, in its own registry.
 pub struct MasterMetrics {
     registry: Registry,
     pub http: HttpMetrics,
     shard_requests: IntCounterVec,
     shard_duration: HistogramVec,
+    shard_batch_keys: Histogram,
     reads: IntCounterVec,
     degraded_reads: IntCounter,
     decode_failures: IntCounter,
@@ -159,6 +167,11 @@ impl MasterMetrics {
                 "shard_request_duration_seconds",
                 "Latency of shard calls to aux nodes, by node id, operation and outcome.",
                 shard_labels,
+            )?,
+            shard_batch_keys: r.histogram(
+                "shard_batch_keys",
+                "Keys per batched shard read (one multi-get request to one aux node).",
+                &BATCH_KEY_BUCKETS,
             )?,
             reads: r.counter_vec(
                 "reads_total",
@@ -240,6 +253,11 @@ impl MasterMetrics {
         self.shard_duration
             .with_label_values(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// Records the size of one batched shard read sent to an aux node.
+    pub fn shard_batch(&self, keys: usize) {
+        self.shard_batch_keys.observe(keys as f64);
     }
 
     /// Counts a frame that failed its checksum on the way from an aux node.

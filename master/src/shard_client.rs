@@ -1,7 +1,8 @@
 //! The master's shard calls to aux nodes — put, get, delete — each one counted and
 //! timed per node, operation and outcome (`shardcache_master_shard_requests_total`
 //! and `…_shard_request_duration_seconds`). The data path and repair go through it,
-//! so no shard call escapes the metrics.
+//! so no shard call escapes the metrics. Gets go through the [`ReadBatcher`] unless
+//! batching is off (`--read-batch-max 1`), then each is a GET of its own.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,17 +14,26 @@ use shardcache_common::version::Version;
 
 use crate::cluster::Node;
 use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
+use crate::read_batcher::{BatchSettings, ReadBatcher};
 
 /// An [`AuxClient`] whose shard calls are measured.
 #[derive(Clone)]
 pub struct ShardClient {
     client: AuxClient,
     metrics: Arc<MasterMetrics>,
+    /// `None` when reads are not batched.
+    reads: Option<Arc<ReadBatcher>>,
 }
 
 impl ShardClient {
-    pub fn new(client: AuxClient, metrics: Arc<MasterMetrics>) -> Self {
-        ShardClient { client, metrics }
+    pub fn new(client: AuxClient, metrics: Arc<MasterMetrics>, batching: BatchSettings) -> Self {
+        let reads = (batching.max_keys > 1)
+            .then(|| Arc::new(ReadBatcher::new(client.clone(), batching, metrics.clone())));
+        ShardClient {
+            client,
+            metrics,
+            reads,
+        }
     }
 
     /// The unmeasured client, for calls that are not shard traffic (inventory,
@@ -41,7 +51,10 @@ impl ShardClient {
 
     pub async fn get(&self, node: &Node, key: &str) -> Result<Option<ShardFrame>, AuxError> {
         let started = Instant::now();
-        let result = self.client.get_shard(&node.address, key).await;
+        let result = match &self.reads {
+            Some(batcher) => batcher.get(&node.address, key).await,
+            None => self.client.get_shard(&node.address, key).await,
+        };
         self.record(node, ShardOp::Get, ShardOutcome::of_get(&result), started);
         if let Err(error) = &result {
             self.metrics.shard_error(error);

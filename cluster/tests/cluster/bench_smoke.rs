@@ -30,7 +30,9 @@ fn a_short_bench_run_writes_its_report_with_no_errors() {
     );
     let report = std::fs::read_to_string(&output).expect("the report is written");
     for row in [
+        "| GET, 4+2 erasure coding |",
         "| GET, 3+2 erasure coding |",
+        "| GET, 3+2 erasure coding, reads not batched |",
         "| SET, 3-way replication |",
         "| 3+2 erasure coding |",
     ] {

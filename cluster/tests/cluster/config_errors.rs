@@ -54,6 +54,18 @@ fn invalid_configuration_exits_with_one_clear_line() {
         "needs at least 7 distinct aux nodes",
     );
     assert_clear_failure(&master(&["--write-quorum", "9"]), "--write-quorum");
+    assert_clear_failure(
+        &master(&["--read-batch-max", "0"]),
+        "--read-batch-max must be between 1 and 1024",
+    );
+    assert_clear_failure(
+        &master(&["--read-batch-max", "1025"]),
+        "--read-batch-max must be between 1 and 1024",
+    );
+    assert_clear_failure(
+        &master(&["--read-batch-in-flight", "0"]),
+        "--read-batch-in-flight must be at least 1",
+    );
     assert_clear_failure(&master(&["--shard-timeout", "soon"]), "invalid duration");
     assert_clear_failure(&master(&["--max-value-size", "lots"]), "invalid size");
     assert_clear_failure(&["master", "--listen", "127.0.0.1:0"], "--aux");

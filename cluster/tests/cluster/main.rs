@@ -6,6 +6,7 @@
 //! client helpers and `wait_until`.
 
 mod bad_input;
+mod batching;
 mod bench_smoke;
 mod concurrency;
 mod config_errors;

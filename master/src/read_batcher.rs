@@ -1,0 +1,159 @@
+//! Batched shard reads: every shard read bound for one aux node joins that node's
+//! queue, and the node's dispatcher sends what has queued up as one multi-get
+//! request (`shardcache_common::multi_get`).
+//!
+//! There is no timer and no waiting for a batch to fill. A dispatcher sends the
+//! first read the moment a request slot is free; only while all of the node's
+//! `in_flight` slots are busy do further reads queue, and the next free slot takes
+//! up to `max_keys` of them at once. A lone read therefore costs what a single GET
+//! did, and under load a hop's fixed cost (HTTP parsing, routing, syscalls on both
+//! sides) is shared by the whole batch.
+//!
+//! Bounds (invariant 5 and 6): a queue holds at most `queue` reads (a full one makes
+//! readers wait, it never grows), a batch at most `max_keys`, and every read gives
+//! up after the client's timeout counted from when it was queued, so a hung node
+//! costs its readers one timeout however long its queue. A read whose caller gave
+//! up is dropped from the queue before it is sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use shardcache_common::aux_client::{AuxClient, AuxError};
+use shardcache_common::frame::ShardFrame;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::metrics::MasterMetrics;
+
+/// How shard reads are batched per aux node.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSettings {
+    /// Most keys in one multi-get request (at most `multi_get::MAX_KEYS`).
+    pub max_keys: usize,
+    /// Multi-get requests in flight to one node at a time.
+    pub in_flight: usize,
+    /// Most reads waiting in one node's queue.
+    pub queue: usize,
+}
+
+/// What one shard read found: the frame, `None` when the node holds none, or why
+/// the node could not say.
+pub type ShardRead = Result<Option<ShardFrame>, AuxError>;
+
+/// One read waiting for its batch.
+struct QueuedRead {
+    key: String,
+    reply: oneshot::Sender<ShardRead>,
+}
+
+/// The per-node queues and their dispatchers.
+pub struct ReadBatcher {
+    client: AuxClient,
+    settings: BatchSettings,
+    metrics: Arc<MasterMetrics>,
+    /// By node address. A dispatcher lives as long as its queue's sender, here; the
+    /// map only grows with addresses ever read from, a handful.
+    queues: Mutex<HashMap<String, mpsc::Sender<QueuedRead>>>,
+}
+
+impl ReadBatcher {
+    pub fn new(client: AuxClient, settings: BatchSettings, metrics: Arc<MasterMetrics>) -> Self {
+        ReadBatcher {
+            client,
+            settings,
+            metrics,
+            queues: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads the shard of `key` held by the node at `address`, as part of whatever
+    /// batch it joins.
+    pub async fn get(&self, address: &str, key: &str) -> ShardRead {
+        let timeout = self.client.timeout();
+        let queue = self.queue(address);
+        let (reply, answer) = oneshot::channel();
+        let read = QueuedRead {
+            key: key.to_owned(),
+            reply,
+        };
+        let exchange = async {
+            if queue.send(read).await.is_err() {
+                return Err(AuxError::Transport("the read batcher has stopped".into()));
+            }
+            answer.await.unwrap_or_else(|_| {
+                Err(AuxError::Transport(
+                    "the batch was dropped unanswered".into(),
+                ))
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(AuxError::Timeout(timeout)))
+    }
+
+    /// The queue of `address`, starting its dispatcher on first use.
+    fn queue(&self, address: &str) -> mpsc::Sender<QueuedRead> {
+        let mut queues = self.queues.lock();
+        if let Some(queue) = queues.get(address) {
+            return queue.clone();
+        }
+        let (sender, receiver) = mpsc::channel(self.settings.queue.max(1));
+        tokio::spawn(dispatch(
+            self.client.clone(),
+            address.to_owned(),
+            receiver,
+            self.settings,
+            self.metrics.clone(),
+        ));
+        queues.insert(address.to_owned(), sender.clone());
+        sender
+    }
+}
+
+/// Sends one node's queued reads as batches until the queue's sender is dropped.
+async fn dispatch(
+    client: AuxClient,
+    address: String,
+    mut queue: mpsc::Receiver<QueuedRead>,
+    settings: BatchSettings,
+    metrics: Arc<MasterMetrics>,
+) {
+    let slots = Arc::new(Semaphore::new(settings.in_flight.max(1)));
+    let max_keys = settings.max_keys.max(1);
+    while let Some(first) = queue.recv().await {
+        // While every slot is busy, reads pile up in the queue: that is the batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return; // never closed
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_keys {
+            match queue.try_recv() {
+                Ok(read) => batch.push(read),
+                Err(_) => break,
+            }
+        }
+        batch.retain(|read| !read.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        metrics.shard_batch(batch.len());
+        let (client, address) = (client.clone(), address.clone());
+        tokio::spawn(async move {
+            let keys: Vec<&str> = batch.iter().map(|read| read.key.as_str()).collect();
+            let answers = client.multi_get_shards(&address, &keys).await;
+            match answers {
+                Ok(answers) => {
+                    for (read, answer) in batch.into_iter().zip(answers) {
+                        let _ = read.reply.send(answer.map_err(AuxError::from));
+                    }
+                }
+                Err(error) => {
+                    for read in batch {
+                        let _ = read.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
