@@ -28,9 +28,12 @@
 //! owner answer "none" or an older version gives that owner the missing shard in the
 //! background, version-guarded like every write.
 //!
-//! Every shard request runs in a task of its own with the client's timeout, and is
-//! left to finish after the client got its answer: the remaining owners still receive
-//! their shards, and dropping a request half-way would close its pooled connection.
+//! Every shard request is bounded by the client's timeout and is left to finish after
+//! the client got its answer: the remaining owners still receive their shards, and
+//! dropping a request half-way would close its pooled connection. Writes and
+//! unbatched reads run each request in a task of its own for that; batched reads
+//! need none, as the request belongs to the node's batch (see
+//! [`crate::read_batcher`]), and a read that settles early simply stops listening.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use shardcache_common::aux_client::PutOutcome;
 use shardcache_common::codec::{value_checksum, Codec, CodecError};
 use shardcache_common::frame::ShardFrame;
@@ -48,6 +52,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::cluster::{Cluster, Node};
 use crate::error::ApiError;
 use crate::metrics::{MasterMetrics, QuorumOp};
+use crate::read_batcher::ShardRead;
 use crate::shard_client::ShardClient;
 
 /// How often a read that found only partial versions (racing writers) is retried.
@@ -357,12 +362,29 @@ impl DataPath {
         seen: &mut SeenVersions,
         settle_early: bool,
     ) {
-        let mut answers = fan_out(nodes.iter().map(|node| {
-            let (shards, node, key) = (self.shards.clone(), node.clone(), key.to_owned());
-            (node.clone(), async move { shards.get(&node, &key).await })
-        }));
+        let mut answers: BoxStream<'static, (Node, ShardRead)> = if self.shards.gets_are_batched() {
+            // Polled right here: gets still pending when the read settles are dropped,
+            // which costs nothing (see `read_batcher`), and no task is spawned per shard.
+            nodes
+                .iter()
+                .map(|node| {
+                    let (shards, node, key) = (self.shards.clone(), node.clone(), key.to_owned());
+                    async move {
+                        let outcome = shards.get(&node, &key).await;
+                        (node, outcome)
+                    }
+                })
+                .collect::<FuturesUnordered<_>>()
+                .boxed()
+        } else {
+            let mut receiver = fan_out(nodes.iter().map(|node| {
+                let (shards, node, key) = (self.shards.clone(), node.clone(), key.to_owned());
+                (node.clone(), async move { shards.get(&node, &key).await })
+            }));
+            futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
+        };
         let now_ms = unix_millis();
-        while let Some((node, outcome)) = answers.recv().await {
+        while let Some((node, outcome)) = answers.next().await {
             match outcome {
                 Ok(Some(frame)) if frame.key != key => {
                     tracing::warn!(node = %node.id, held = %frame.key, "aux node answered with another key's shard");

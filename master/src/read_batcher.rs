@@ -12,18 +12,25 @@
 //! Bounds (invariant 5 and 6): a queue holds at most `queue` reads (a full one makes
 //! readers wait, it never grows), a batch at most `max_keys`, and every read gives
 //! up after the client's timeout counted from when it was queued, so a hung node
-//! costs its readers one timeout however long its queue. A read whose caller gave
-//! up is dropped from the queue before it is sent.
+//! costs its readers one timeout however long its queue.
+//!
+//! A reader may stop waiting at any point (a read that has heard enough owners drops
+//! the rest): the request itself belongs to the dispatcher, so dropping a read never
+//! cuts a pooled connection, and a read dropped while still queued is simply not
+//! sent. Each read that is sent is counted and timed here, from queueing to answer,
+//! whether or not its reader is still waiting.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use shardcache_common::aux_client::{AuxClient, AuxError};
 use shardcache_common::frame::ShardFrame;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::metrics::MasterMetrics;
+use crate::cluster::Node;
+use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
 
 /// How shard reads are batched per aux node.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +50,8 @@ pub type ShardRead = Result<Option<ShardFrame>, AuxError>;
 /// One read waiting for its batch.
 struct QueuedRead {
     key: String,
+    node_id: Arc<str>,
+    queued_at: Instant,
     reply: oneshot::Sender<ShardRead>,
 }
 
@@ -66,14 +75,15 @@ impl ReadBatcher {
         }
     }
 
-    /// Reads the shard of `key` held by the node at `address`, as part of whatever
-    /// batch it joins.
-    pub async fn get(&self, address: &str, key: &str) -> ShardRead {
+    /// Reads the shard of `key` held by `node`, as part of whatever batch it joins.
+    pub async fn get(&self, node: &Node, key: &str) -> ShardRead {
         let timeout = self.client.timeout();
-        let queue = self.queue(address);
+        let queue = self.queue(&node.address);
         let (reply, answer) = oneshot::channel();
         let read = QueuedRead {
             key: key.to_owned(),
+            node_id: node.id.clone(),
+            queued_at: Instant::now(),
             reply,
         };
         let exchange = async {
@@ -137,23 +147,29 @@ async fn dispatch(
             continue;
         }
         metrics.shard_batch(batch.len());
-        let (client, address) = (client.clone(), address.clone());
+        let (client, address, metrics) = (client.clone(), address.clone(), metrics.clone());
         tokio::spawn(async move {
             let keys: Vec<&str> = batch.iter().map(|read| read.key.as_str()).collect();
-            let answers = client.multi_get_shards(&address, &keys).await;
-            match answers {
-                Ok(answers) => {
-                    for (read, answer) in batch.into_iter().zip(answers) {
-                        let _ = read.reply.send(answer.map_err(AuxError::from));
-                    }
-                }
-                Err(error) => {
-                    for read in batch {
-                        let _ = read.reply.send(Err(error.clone()));
-                    }
-                }
-            }
+            let answers: Vec<ShardRead> = match client.multi_get_shards(&address, &keys).await {
+                Ok(answers) => answers
+                    .into_iter()
+                    .map(|answer| answer.map_err(AuxError::from))
+                    .collect(),
+                Err(error) => vec![Err(error); batch.len()],
+            };
             drop(slot);
+            for (read, answer) in batch.into_iter().zip(answers) {
+                metrics.shard_call(
+                    &read.node_id,
+                    ShardOp::Get,
+                    ShardOutcome::of_get(&answer),
+                    read.queued_at.elapsed(),
+                );
+                if let Err(error) = &answer {
+                    metrics.shard_error(error);
+                }
+                let _ = read.reply.send(answer);
+            }
         });
     }
 }

@@ -49,12 +49,19 @@ impl ShardClient {
         result
     }
 
+    /// True when gets are batched: a get may then be dropped half-way (the request
+    /// belongs to the batcher, which also measures it). An unbatched get must be
+    /// left to finish, or its pooled connection is closed and it goes unmeasured.
+    pub fn gets_are_batched(&self) -> bool {
+        self.reads.is_some()
+    }
+
     pub async fn get(&self, node: &Node, key: &str) -> Result<Option<ShardFrame>, AuxError> {
+        if let Some(batcher) = &self.reads {
+            return batcher.get(node, key).await;
+        }
         let started = Instant::now();
-        let result = match &self.reads {
-            Some(batcher) => batcher.get(&node.address, key).await,
-            None => self.client.get_shard(&node.address, key).await,
-        };
+        let result = self.client.get_shard(&node.address, key).await;
         self.record(node, ShardOp::Get, ShardOutcome::of_get(&result), started);
         if let Err(error) = &result {
             self.metrics.shard_error(error);
