@@ -362,25 +362,18 @@ impl DataPath {
         seen: &mut SeenVersions,
         settle_early: bool,
     ) {
+        let gets = nodes.iter().map(|node| {
+            let (shards, node, key) = (self.shards.clone(), node.clone(), key.to_owned());
+            (node.clone(), async move { shards.get(&node, &key).await })
+        });
         let mut answers: BoxStream<'static, (Node, ShardRead)> = if self.shards.gets_are_batched() {
             // Polled right here: gets still pending when the read settles are dropped,
             // which costs nothing (see `read_batcher`), and no task is spawned per shard.
-            nodes
-                .iter()
-                .map(|node| {
-                    let (shards, node, key) = (self.shards.clone(), node.clone(), key.to_owned());
-                    async move {
-                        let outcome = shards.get(&node, &key).await;
-                        (node, outcome)
-                    }
-                })
+            gets.map(|(node, get)| async move { (node, get.await) })
                 .collect::<FuturesUnordered<_>>()
                 .boxed()
         } else {
-            let mut receiver = fan_out(nodes.iter().map(|node| {
-                let (shards, node, key) = (self.shards.clone(), node.clone(), key.to_owned());
-                (node.clone(), async move { shards.get(&node, &key).await })
-            }));
+            let mut receiver = fan_out(gets);
             futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
         };
         let now_ms = unix_millis();

@@ -44,10 +44,6 @@ async fn write_and_read_concurrently(cluster: &TestCluster, written: &[(String, 
     }
 }
 
-async fn master_scrape(cluster: &TestCluster) -> Scrape {
-    Scrape::fetch(&cluster.http, &format!("{}/metrics", cluster.master())).await
-}
-
 /// Scrapes once every shard get the master sent has been answered and counted: a
 /// read that settled before its last owner answered leaves that get to finish in
 /// the background (or, still queued, unsent).
@@ -56,22 +52,23 @@ async fn scrape_when_settled(cluster: &TestCluster, sent_at_least: usize) -> Scr
         "every shard get sent to be counted",
         Duration::from_secs(10),
         || async {
-            let scrape = master_scrape(cluster).await;
+            let scrape = cluster.master_scrape().await;
             let gets = scrape.sum("shardcache_master_shard_requests_total", &[("op", "get")]);
             let batched = scrape.sum("shardcache_master_shard_batch_keys_sum", &[]);
             gets >= Some(sent_at_least as f64) && (batched == Some(0.0) || batched == gets)
         },
     )
     .await;
-    master_scrape(cluster).await
+    cluster.master_scrape().await
 }
 
 /// Requests the aux nodes served on `route`, summed over all of them.
 async fn aux_requests(cluster: &TestCluster, route: &str) -> f64 {
     let mut total = 0.0;
-    for aux in &cluster.cluster.aux {
-        let scrape = Scrape::fetch(&cluster.http, &format!("http://{}/metrics", aux.addr)).await;
-        total += scrape
+    for aux in 0..cluster.cluster.aux.len() {
+        total += cluster
+            .aux_scrape(aux)
+            .await
             .sum("shardcache_aux_http_requests_total", &[("route", route)])
             .unwrap_or(0.0);
     }

@@ -15,15 +15,6 @@ fn key(index: usize) -> String {
     format!("metrics-secret-key-{index}")
 }
 
-async fn master_scrape(cluster: &TestCluster) -> Scrape {
-    Scrape::fetch(&cluster.http, &format!("{}/metrics", cluster.master())).await
-}
-
-async fn aux_scrape(cluster: &TestCluster, aux: usize) -> Scrape {
-    let addr = cluster.cluster.aux[aux].addr;
-    Scrape::fetch(&cluster.http, &format!("http://{addr}/metrics")).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_traffic_failures_and_repair() {
     let mut cluster = TestCluster::start();
@@ -55,7 +46,7 @@ async fn metrics_follow_traffic_failures_and_repair() {
     let (status, _) = cluster.post_raw("{not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    let scrape = master_scrape(&cluster).await;
+    let scrape = cluster.master_scrape().await;
     assert_eq!(
         scrape.value("shardcache_master_reads_total", &[("result", "hit")]),
         KEYS as f64
@@ -105,7 +96,7 @@ async fn metrics_follow_traffic_failures_and_repair() {
         "every shard put to be counted",
         Duration::from_secs(10),
         || async {
-            let scrape = master_scrape(&cluster).await;
+            let scrape = cluster.master_scrape().await;
             scrape.sum(
                 "shardcache_master_shard_requests_total",
                 &[("op", "put"), ("outcome", "ok")],
@@ -113,7 +104,7 @@ async fn metrics_follow_traffic_failures_and_repair() {
         },
     )
     .await;
-    let scrape = master_scrape(&cluster).await;
+    let scrape = cluster.master_scrape().await;
     for node in &cluster.cluster.aux {
         assert!(
             scrape.value(
@@ -132,7 +123,7 @@ async fn metrics_follow_traffic_failures_and_repair() {
         || async {
             let (mut items, mut expired, mut snapshots) = (0.0, 0.0, 0.0);
             for aux in 0..cluster.cluster.aux.len() {
-                let scrape = aux_scrape(&cluster, aux).await;
+                let scrape = cluster.aux_scrape(aux).await;
                 items += scrape.value("shardcache_aux_store_items", &[]);
                 expired += scrape.value("shardcache_aux_store_expirations_total", &[]);
                 snapshots += scrape.value("shardcache_aux_snapshots_total", &[]);
@@ -142,7 +133,7 @@ async fn metrics_follow_traffic_failures_and_repair() {
     )
     .await;
     for aux in 0..cluster.cluster.aux.len() {
-        let scrape = aux_scrape(&cluster, aux).await;
+        let scrape = cluster.aux_scrape(aux).await;
         let id = cluster.cluster.aux[aux].name.as_str();
         assert_eq!(scrape.value("shardcache_aux_info", &[("node_id", id)]), 1.0);
         assert!(scrape.value("shardcache_aux_store_bytes", &[]) > 0.0);
@@ -164,7 +155,8 @@ async fn metrics_follow_traffic_failures_and_repair() {
             "a key became a label"
         );
     }
-    assert!(!master_scrape(&cluster)
+    assert!(!cluster
+        .master_scrape()
         .await
         .text
         .contains("metrics-secret-key"));
@@ -181,7 +173,7 @@ async fn metrics_follow_traffic_failures_and_repair() {
     }
     cluster.wait_for_state(0, "down").await;
     let repaired = cluster.wait_for_repair_after(epoch).await;
-    let scrape = master_scrape(&cluster).await;
+    let scrape = cluster.master_scrape().await;
     assert!(scrape.value("shardcache_master_degraded_reads_total", &[]) > 0.0);
     let dead = cluster.cluster.aux[0].name.as_str();
     assert_eq!(
@@ -247,7 +239,7 @@ async fn write_quorum_failures_are_counted() {
     }
     let (status, _) = cluster.set("needs-four-nodes", "v").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    let scrape = master_scrape(&cluster).await;
+    let scrape = cluster.master_scrape().await;
     assert_eq!(
         scrape.value(
             "shardcache_master_write_quorum_failures_total",

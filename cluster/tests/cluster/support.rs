@@ -140,6 +140,17 @@ impl TestCluster {
         }
     }
 
+    /// `GET /metrics` of master 0, parsed.
+    pub async fn master_scrape(&self) -> Scrape {
+        Scrape::fetch(&self.http, &format!("{}/metrics", self.master())).await
+    }
+
+    /// `GET /metrics` of aux node `aux`, parsed.
+    pub async fn aux_scrape(&self, aux: usize) -> Scrape {
+        let addr = self.cluster.aux[aux].addr;
+        Scrape::fetch(&self.http, &format!("http://{addr}/metrics")).await
+    }
+
     /// The placement epoch of master 0: it grows whenever a node joins, leaves, goes
     /// down, comes up or restarts.
     pub async fn placement_epoch(&self) -> u64 {
