@@ -108,12 +108,14 @@ fn conflict(held: Version) -> Response {
     response
 }
 
+/// Stores a copy of the frame: the body is a view of the connection's receive
+/// buffer, which must not outlive the request (it would pin kilobytes per shard).
 async fn put_shard(State(state): State<AuxState>, body: Bytes) -> Response {
-    let frame = match ShardFrame::decode(body.clone()) {
+    let frame = match ShardFrame::decode(body) {
         Ok(frame) => frame,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem.to_string()),
     };
-    match state.store.put(&frame, body, unix_millis()) {
+    match state.store.put(&frame, unix_millis()) {
         PutResult::Stored | PutResult::AlreadyHeld => StatusCode::NO_CONTENT.into_response(),
         PutResult::Superseded(held) => conflict(held),
         PutResult::TooLarge => error(
@@ -139,13 +141,13 @@ async fn multi_get_shards(State(state): State<AuxState>, body: Bytes) -> Respons
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
     };
     let now_ms = unix_millis();
-    let answers: Vec<Option<Bytes>> = keys
-        .iter()
-        .map(|key| state.store.get(key, now_ms))
-        .collect();
+    let mut answers = multi_get::ResponseBuilder::new(keys.len(), 0);
+    for key in &keys {
+        answers.answer(|out| state.store.get_into(key, now_ms, out));
+    }
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],
-        multi_get::encode_response(&answers),
+        answers.finish(),
     )
         .into_response()
 }

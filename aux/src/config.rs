@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use shardcache_common::units::{ByteSize, HumanDuration};
 
+/// The store addresses 65,535 segments of at most 1 MiB.
+const MAX_CAPACITY: u64 = 64 << 30;
+
 /// A shardcache aux node: holds shards in a byte-bounded LRU with TTL.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "shardcache-aux", version)]
@@ -33,8 +36,9 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_SNAPSHOT_INTERVAL", default_value = "10s")]
     pub snapshot_interval: HumanDuration,
 
-    /// Most shard bytes held in memory (key + frame + per-entry overhead); the least
-    /// recently used shards are evicted beyond it.
+    /// Most memory the shard store holds (its segments and index); the oldest shards
+    /// not read lately are evicted beyond it. The node's resident memory stays within
+    /// 1.10 × this plus a fixed base (README, Operations). At most 64GiB.
     #[arg(long, env = "SHARDCACHE_CAPACITY", default_value = "256MiB")]
     pub capacity: ByteSize,
 
@@ -54,6 +58,12 @@ impl AuxConfig {
         if self.capacity.bytes() < 4096 {
             return Err(format!(
                 "--capacity {} is too small: at least 4KiB is needed",
+                self.capacity
+            ));
+        }
+        if self.capacity.bytes() > MAX_CAPACITY {
+            return Err(format!(
+                "--capacity {} is too large: at most 64GiB per aux node (run more nodes)",
                 self.capacity
             ));
         }

@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: flags and environment variables.
 //! - [`identity`]: the node's ring identity, kept across restarts.
-//! - [`store`]: the LRU + TTL + tombstone shard store and its invariants.
+//! - [`store`]: the segment-based shard store (compact records, a sorted index,
+//!   TTL, tombstones, approximate LRU) and its invariants.
 //! - [`snapshot`]: the snapshot file format; [`snapshotter`]: when snapshots are
 //!   written and how one is restored at start.
 //! - [`lease`] and [`membership`]: what masters coordinate through aux nodes.

@@ -2,9 +2,11 @@
 //! [`crate::snapshot`].
 //!
 //! A snapshot is taken every `--snapshot-interval` if anything changed since the last
-//! one, and once more at shutdown. Copying the store's frame list is cheap (the
-//! frames are reference-counted); the disk work runs on a blocking thread, never on
-//! the async threads that serve requests.
+//! one, and once more at shutdown. It walks the store a segment at a time (each
+//! segment's frames copied under the lock, written after it), so it never holds a
+//! second copy of the store; the disk work runs on a blocking thread, never on the
+//! async threads that serve requests. A restore hands the file's frames to the store
+//! one at a time, for the same reason.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +28,7 @@ pub struct SnapshotReport {
     /// Snapshots written since start.
     pub written: u64,
     pub last_duration_ms: u64,
-    pub last_entries: usize,
+    pub last_entries: u64,
     pub last_bytes: u64,
     pub failures: u64,
     pub last_error: Option<String>,
@@ -61,12 +63,21 @@ impl SnapshotStatus {
 
 /// Loads the newest valid snapshot in `dir` into `store`, reporting corrupt files.
 pub async fn restore(
-    store: &ShardStore,
+    store: &Arc<ShardStore>,
     dir: &Path,
     status: &SnapshotStatus,
 ) -> anyhow::Result<()> {
     let owned_dir = dir.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || snapshot::load_newest(&owned_dir)).await??;
+    let owned_store = store.clone();
+    let (loaded, restored) = tokio::task::spawn_blocking(move || {
+        let now_ms = unix_millis();
+        let mut restored = RestoreReport::default();
+        let loaded = snapshot::load_newest(&owned_dir, |frame| {
+            owned_store.restore_frame(frame, now_ms, &mut restored)
+        })?;
+        anyhow::Ok((loaded, restored))
+    })
+    .await??;
     let mut report = status.report.lock();
     for (path, reason) in &loaded.skipped {
         tracing::error!(path = %path.display(), %reason, "snapshot file is corrupt; skipped it");
@@ -74,12 +85,11 @@ pub async fn restore(
             .skipped_files
             .push(format!("{}: {reason}", path.display()));
     }
+    *status.saved_generation.lock() = Some(store.generation());
     let Some(path) = loaded.path else {
         tracing::info!(dir = %dir.display(), "no snapshot to restore; starting empty");
-        *status.saved_generation.lock() = Some(store.generation());
         return Ok(());
     };
-    let restored = store.restore(&loaded.frames, unix_millis());
     tracing::info!(
         path = %path.display(),
         loaded = restored.loaded,
@@ -90,23 +100,35 @@ pub async fn restore(
     );
     report.restored_from = Some(path);
     report.restored = restored;
-    *status.saved_generation.lock() = Some(store.generation());
     Ok(())
 }
 
+/// Writes every live shard of `store` as the newest snapshot in `dir`, a segment at
+/// a time (blocking).
+fn write_store(
+    store: &ShardStore,
+    dir: &Path,
+) -> Result<snapshot::SnapshotWritten, snapshot::SnapshotError> {
+    let now_ms = unix_millis();
+    let mut writer = snapshot::SnapshotWriter::create(dir, now_ms)?;
+    let mut after_seq = 0;
+    while let Some((seq, entries, count)) = store.snapshot_chunk(after_seq, now_ms) {
+        writer.append_entries(&entries, count)?;
+        after_seq = seq;
+    }
+    writer.finish()
+}
+
 /// Writes a snapshot if the store changed since the last one.
-pub async fn save_if_changed(store: &ShardStore, dir: &Path, status: &SnapshotStatus) {
+pub async fn save_if_changed(store: &Arc<ShardStore>, dir: &Path, status: &SnapshotStatus) {
     let generation = store.generation();
     if *status.saved_generation.lock() == Some(generation) {
         return;
     }
-    let frames = store.export();
     let started = Instant::now();
     let owned_dir = dir.to_owned();
-    let written = tokio::task::spawn_blocking(move || {
-        snapshot::write_snapshot(&owned_dir, &frames, unix_millis())
-    })
-    .await;
+    let owned_store = store.clone();
+    let written = tokio::task::spawn_blocking(move || write_store(&owned_store, &owned_dir)).await;
     let mut report = status.report.lock();
     match written {
         Ok(Ok(written)) => {

@@ -24,7 +24,7 @@
 //! the same write (key + version) and to rebuild and verify the value without asking
 //! anyone else (invariant 1: no torn or invented values).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::version::Version;
@@ -88,26 +88,23 @@ impl ShardFrame {
 
     /// Serialises the frame in the wire format described in the module docs.
     pub fn encode(&self) -> Bytes {
-        let total = HEADER_LEN + self.key.len() + self.payload.len() + TRAILER_LEN;
-        let mut buf = BytesMut::with_capacity(total);
-        buf.put_slice(MAGIC);
-        buf.put_u8(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
-        buf.put_u8(self.shard_index);
-        buf.put_u8(self.data_shards);
-        buf.put_u8(self.parity_shards);
-        buf.put_u64(self.version.timestamp);
-        buf.put_u64(self.version.writer);
-        buf.put_u64(self.expires_at_ms);
-        buf.put_u64(self.value_len);
-        buf.put_u64(self.value_checksum);
-        debug_assert!(self.key.len() <= MAX_KEY_BYTES);
-        buf.put_u16(self.key.len() as u16);
-        buf.put_u32(self.payload.len() as u32);
-        buf.put_slice(self.key.as_bytes());
-        buf.put_slice(&self.payload);
-        let checksum = xxh3_64(&buf);
-        buf.put_u64(checksum);
-        buf.freeze()
+        let mut out = Vec::with_capacity(encoded_len(self.key.len(), self.payload.len()));
+        encode_into(&self.header(), self.key.as_bytes(), &self.payload, &mut out);
+        Bytes::from(out)
+    }
+
+    /// The fields of the header, without key and payload.
+    pub fn header(&self) -> FrameHeader {
+        FrameHeader {
+            version: self.version,
+            tombstone: self.tombstone,
+            shard_index: self.shard_index,
+            data_shards: self.data_shards,
+            parity_shards: self.parity_shards,
+            expires_at_ms: self.expires_at_ms,
+            value_len: self.value_len,
+            value_checksum: self.value_checksum,
+        }
     }
 
     /// Parses and verifies a frame. The payload shares `bytes`' buffer (no copy).
@@ -182,6 +179,50 @@ impl ShardFrame {
         }
         Ok(())
     }
+}
+
+/// A frame's fixed fields: what [`encode_into`] needs besides the key and payload,
+/// for encoders that keep those elsewhere (the aux store keeps shards in its own
+/// compact form and builds the wire frame only when one is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub version: Version,
+    pub tombstone: bool,
+    pub shard_index: u8,
+    pub data_shards: u8,
+    pub parity_shards: u8,
+    pub expires_at_ms: u64,
+    pub value_len: u64,
+    pub value_checksum: u64,
+}
+
+/// Length of the encoded frame of a `key_len`-byte key and a `payload_len`-byte shard.
+pub fn encoded_len(key_len: usize, payload_len: usize) -> usize {
+    HEADER_LEN + key_len + payload_len + TRAILER_LEN
+}
+
+/// Appends the frame of `header`, `key` and `payload` to `out` in the wire format of
+/// the module docs: the one encoder of that format.
+pub fn encode_into(header: &FrameHeader, key: &[u8], payload: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(key.len() <= MAX_KEY_BYTES);
+    let start = out.len();
+    out.reserve(encoded_len(key.len(), payload.len()));
+    out.put_slice(MAGIC);
+    out.put_u8(if header.tombstone { FLAG_TOMBSTONE } else { 0 });
+    out.put_u8(header.shard_index);
+    out.put_u8(header.data_shards);
+    out.put_u8(header.parity_shards);
+    out.put_u64(header.version.timestamp);
+    out.put_u64(header.version.writer);
+    out.put_u64(header.expires_at_ms);
+    out.put_u64(header.value_len);
+    out.put_u64(header.value_checksum);
+    out.put_u16(key.len() as u16);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(key);
+    out.put_slice(payload);
+    let checksum = xxh3_64(&out[start..]);
+    out.put_u64(checksum);
 }
 
 fn read_u16(bytes: &[u8], at: usize) -> u16 {

@@ -63,23 +63,53 @@ pub fn decode_request(body: &[u8]) -> Result<Vec<String>, String> {
 /// Encodes the answers, one per key asked, in the order asked: the frame bytes the
 /// node holds, or `None`.
 pub fn encode_response(answers: &[Option<Bytes>]) -> Bytes {
-    let size = COUNT_LEN
-        + answers
-            .iter()
-            .map(|answer| LENGTH_PREFIX_LEN + answer.as_ref().map_or(0, Bytes::len))
-            .sum::<usize>();
-    let mut body = BytesMut::with_capacity(size);
-    body.put_u32(answers.len() as u32);
+    let size = answers
+        .iter()
+        .map(|answer| LENGTH_PREFIX_LEN + answer.as_ref().map_or(0, Bytes::len))
+        .sum::<usize>();
+    let mut body = ResponseBuilder::new(answers.len(), size);
     for answer in answers {
-        match answer {
+        body.answer(|out| match answer {
             Some(frame) => {
-                body.put_u32(frame.len() as u32);
-                body.put_slice(frame);
+                out.extend_from_slice(frame);
+                true
             }
-            None => body.put_u32(0),
+            None => false,
+        });
+    }
+    body.finish()
+}
+
+/// A response body built answer by answer, each frame written straight into the
+/// body by whoever holds it (the aux store), with no copy in between.
+pub struct ResponseBuilder {
+    body: Vec<u8>,
+}
+
+impl ResponseBuilder {
+    /// A body for `answers` answers; `size_hint` bytes are reserved for them.
+    pub fn new(answers: usize, size_hint: usize) -> Self {
+        let mut body = Vec::with_capacity(COUNT_LEN + size_hint);
+        body.put_u32(answers as u32);
+        ResponseBuilder { body }
+    }
+
+    /// Adds the next answer: `write` appends the frame to the body and says whether
+    /// there was one (appending nothing and saying false is a "none").
+    pub fn answer(&mut self, write: impl FnOnce(&mut Vec<u8>) -> bool) {
+        let prefix_at = self.body.len();
+        self.body.put_u32(0);
+        if write(&mut self.body) {
+            let len = (self.body.len() - prefix_at - LENGTH_PREFIX_LEN) as u32;
+            self.body[prefix_at..prefix_at + LENGTH_PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+        } else {
+            self.body.truncate(prefix_at + LENGTH_PREFIX_LEN);
         }
     }
-    body.freeze()
+
+    pub fn finish(self) -> Bytes {
+        Bytes::from(self.body)
+    }
 }
 
 /// The answers in a response body to a request that named `asked` keys: each a slice

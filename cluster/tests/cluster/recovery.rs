@@ -359,7 +359,7 @@ async fn a_corrupt_snapshot_is_reported_skipped_and_repaired() {
     snapshots.sort();
     assert_eq!(snapshots.len(), 2, "{snapshots:?}");
     let mut newest = std::fs::read(&snapshots[1]).unwrap();
-    let last_frame_byte = newest.len() - 9; // before the 8-byte checksum trailer
+    let last_frame_byte = newest.len() - 17; // before the entry count and the checksum
     newest[last_frame_byte] ^= 0x10;
     std::fs::write(&snapshots[1], newest).unwrap();
     let older = std::fs::read(&snapshots[0]).unwrap();
