@@ -328,6 +328,22 @@ impl LocalCluster {
         node.spawn(&exe)
     }
 
+    /// Starts aux node `index` again like [`restart_aux`](Self::restart_aux), with
+    /// `flag` set to `value` from now on (say, a smaller `--capacity`).
+    pub fn restart_aux_with(
+        &mut self,
+        index: usize,
+        flag: &str,
+        value: &str,
+    ) -> anyhow::Result<()> {
+        let args = &mut self.aux[index].args;
+        match args.iter().position(|arg| arg == flag) {
+            Some(at) => args[at + 1] = value.to_owned(),
+            None => args.extend([flag.to_owned(), value.to_owned()]),
+        }
+        self.restart_aux(index)
+    }
+
     /// Kills aux node `index`, deletes its data directory (snapshots; the identity
     /// is given by flag and survives) and starts it again, empty.
     pub fn restart_aux_empty(&mut self, index: usize) -> anyhow::Result<()> {

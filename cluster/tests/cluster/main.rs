@@ -12,6 +12,7 @@ mod concurrency;
 mod config_errors;
 mod data_path;
 mod failures;
+mod memory;
 mod metrics;
 mod recovery;
 mod repair_bench_smoke;
