@@ -1,5 +1,5 @@
 //! The node's identity on the ring: given by `--node-id`, or generated once and kept
-//! in `DATA_DIR/node-id` so that it survives restarts (DESIGN.md, invariant 7).
+//! in `DATA_DIR/node-id` so that it survives restarts (ARCHITECTURE.md, invariant 7).
 //!
 //! Masters place shards by node identity, not by address, so a node that comes back
 //! on another IP (a rescheduled pod, a recreated container) keeps its shards' place.

@@ -1,5 +1,5 @@
 //! Named, time-limited leases that masters take from aux nodes so that one master at
-//! a time runs repair (DESIGN.md, invariant 8).
+//! a time runs repair (ARCHITECTURE.md, invariant 8).
 //!
 //! A master holds the lease when a majority of the aux nodes granted it. Leases live
 //! in memory only: a restarted node grants afresh, so in rare cases two masters may

@@ -3,7 +3,7 @@
 //! Versions are totally ordered (timestamp first, writer id as tie-break), so every
 //! aux node and every reader agrees on which of two writes is the newer one. That
 //! order is what makes last-writer-wins and the aux node's conditional put work
-//! (DESIGN.md, invariant 2).
+//! (ARCHITECTURE.md, invariant 2).
 
 use std::fmt;
 use std::str::FromStr;

@@ -14,16 +14,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shardcache_common::http_metrics;
 
+use crate::cluster::ClusterReport;
 use crate::config::{MasterConfig, MAX_TTL_SECONDS};
 use crate::data_path::DataPath;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
 use crate::metrics::ReadResult;
-use crate::repair::Repairer;
+use crate::repair::{RepairStatus, Repairer};
 
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
 pub const VERSION_HEADER: &str = "shardcache-version";
@@ -105,7 +106,11 @@ pub fn metrics_app(state: AppState) -> Router {
 /// Prometheus text format; see [`crate::metrics`].
 async fn metrics(State(state): State<AppState>) -> Response {
     let view = state.data.cluster().view();
-    state.data.metrics().render(&view, &state.repairer.status())
+    let nodes = view
+        .node_states()
+        .map(|(node, state)| (node, state.as_str()));
+    let repair = state.repairer.status().sample();
+    state.data.metrics().render(nodes, view.epoch, &repair)
 }
 
 /// Body of `POST /data`.
@@ -234,13 +239,25 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
     }
 }
 
+/// Body of `GET /cluster`: the cluster's own report, then what this master adds
+/// (its keys follow the report's in the JSON object).
+#[derive(Serialize)]
+struct ClusterResponse {
+    #[serde(flatten)]
+    cluster: ClusterReport,
+    geometry: Geometry,
+    read_repaired_shards: u64,
+    repair: RepairStatus,
+}
+
 /// The cluster as this master sees it: nodes, states, ring and repair progress.
-async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let mut view = state.data.cluster().describe();
-    view["geometry"] = json!(state.geometry);
-    view["read_repaired_shards"] = json!(state.data.metrics().read_repaired_shards());
-    view["repair"] = serde_json::to_value(state.repairer.status()).unwrap_or_default();
-    Json(view)
+async fn cluster(State(state): State<AppState>) -> Json<ClusterResponse> {
+    Json(ClusterResponse {
+        cluster: state.data.cluster().report(),
+        geometry: state.geometry,
+        read_repaired_shards: state.data.metrics().read_repaired_shards(),
+        repair: state.repairer.status(),
+    })
 }
 
 /// Body of `POST /cluster/nodes`.

@@ -4,16 +4,20 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags and environment variables, validated at start-up.
-//! - [`api`]: the client routes ([`app`]), input validation and limits.
-//! - [`cluster`]: membership, health probes, node identity and placement.
-//! - [`data_path`]: write (quorum), read (version grouping, decode, verify,
-//!   read-repair), delete.
-//! - [`repair`]: repair to full redundancy and rebalancing, under a lease.
-//! - [`metrics`]: the Prometheus metrics; [`shard_client`]: shard calls, measured.
-//! - [`read_batcher`]: shard reads batched per aux node (one multi-get per batch).
-//! - [`extract`]: JSON-body and key extractors that answer with the API's errors.
-//! - [`error`]: [`ApiError`] and its HTTP statuses.
+//! From the bottom up; each module uses only those above it (ARCHITECTURE.md,
+//! Layers):
+//!
+//! - [`config`]: flags and environment variables, validated at start-up;
+//!   [`error`]: [`ApiError`] and its HTTP statuses; [`extract`]: JSON-body and key
+//!   extractors that answer with the API's errors.
+//! - [`metrics`]: the Prometheus metrics (knows nothing else of the crate).
+//! - [`cluster`]: the placement [`cluster::View`], health probes, membership.
+//! - [`shards`]: shard I/O — the measured client, batched reads, frames.
+//! - [`data_path`]: write (quorum), read (gather, decode, read-repair), delete, and
+//!   the pure read [`data_path::verdict`].
+//! - [`repair`]: repair and rebalancing — scan, a pure plan per key, apply — under
+//!   a lease.
+//! - [`api`]: the client and admin routes ([`app`]), input validation and limits.
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
 pub mod api;
@@ -23,9 +27,8 @@ pub mod data_path;
 pub mod error;
 pub mod extract;
 pub mod metrics;
-pub mod read_batcher;
 pub mod repair;
-pub mod shard_client;
+pub mod shards;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,9 +48,8 @@ pub use config::MasterConfig;
 use data_path::DataPath;
 pub use error::ApiError;
 use metrics::MasterMetrics;
-use read_batcher::BatchSettings;
 use repair::{RepairSettings, Repairer};
-use shard_client::ShardClient;
+use shards::{BatchSettings, ShardClient};
 
 /// Most shard reads waiting for one aux node; a full queue makes readers wait.
 const READ_QUEUE_PER_NODE: usize = 4096;
@@ -59,7 +61,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// caller probes the cluster and starts the workers (see [`run`]).
 pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let codec = Codec::new(config.data_shards, config.parity_shards).context("build the codec")?;
+    let codec =
+        Arc::new(Codec::new(config.data_shards, config.parity_shards).context("build the codec")?);
     // A shard response is one frame: at most a shard of the largest value plus header.
     let max_shard_bytes =
         config.max_value_size.bytes() as usize / usize::from(config.data_shards) + (1 << 20);
@@ -83,18 +86,19 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     let probe_client = AuxClient::new(config.probe_timeout.0, 1 << 20);
     let cluster = Arc::new(Cluster::new(settings, probe_client));
     let metrics = Arc::new(MasterMetrics::new());
+    let shards = ShardClient::new(
+        client,
+        metrics.clone(),
+        BatchSettings {
+            max_keys: config.read_batch_max,
+            in_flight: config.read_batch_in_flight,
+            queue: READ_QUEUE_PER_NODE,
+        },
+    );
     let data = Arc::new(DataPath::new(
-        cluster,
-        codec,
-        ShardClient::new(
-            client,
-            metrics.clone(),
-            BatchSettings {
-                max_keys: config.read_batch_max,
-                in_flight: config.read_batch_in_flight,
-                queue: READ_QUEUE_PER_NODE,
-            },
-        ),
+        cluster.clone(),
+        codec.clone(),
+        shards.clone(),
         metrics,
         usize::from(config.write_quorum()),
         config.tombstone_ttl.0,
@@ -107,7 +111,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         retry: config.probe_interval.0,
         ignore_lease: config.repair_ignore_lease,
     };
-    let repairer = Arc::new(Repairer::new(data.clone(), repair_settings));
+    let repairer = Arc::new(Repairer::new(cluster, shards, codec, repair_settings));
     Ok(AppState {
         data,
         repairer,

@@ -16,9 +16,6 @@ use shardcache_common::aux_client::{AuxError, PutOutcome};
 use shardcache_common::frame::FrameError;
 use shardcache_common::http_metrics::{advance_counter as advance, HttpMetrics, Registrar};
 
-use crate::cluster::{NodeState, View};
-use crate::repair::{PassCounts, RepairStatus};
-
 /// A master→aux shard operation, the `op` label.
 #[derive(Clone, Copy, Debug)]
 pub enum ShardOp {
@@ -125,7 +122,7 @@ pub struct MasterMetrics {
     scrape: Mutex<()>,
 }
 
-/// Repair progress, copied from [`RepairStatus`] at each scrape.
+/// Repair progress, copied from a [`RepairSample`] at each scrape.
 struct RepairMetrics {
     keys_scanned: IntCounter,
     keys_repaired: IntCounter,
@@ -305,27 +302,31 @@ impl MasterMetrics {
         self.read_repaired_shards.get()
     }
 
-    /// Copies the cluster view and repair status in, then renders the text format.
-    pub fn render(&self, view: &View, repair: &RepairStatus) -> axum::response::Response {
+    /// Copies the node states, placement epoch and repair figures in, then renders
+    /// the text format. `nodes` gives each aux node's id and state label (`up`,
+    /// `suspect` or `down`).
+    pub fn render<'a>(
+        &self,
+        nodes: impl Iterator<Item = (&'a str, &'static str)>,
+        placement_epoch: u64,
+        repair: &RepairSample,
+    ) -> axum::response::Response {
         let _scrape = self.scrape.lock();
         self.node_state.reset();
         let mut counts = [0i64; 3];
-        for (node, state) in view.node_states() {
-            for (slot, candidate) in [NodeState::Up, NodeState::Suspect, NodeState::Down]
-                .into_iter()
-                .enumerate()
-            {
+        for (node, state) in nodes {
+            for (slot, candidate) in NODE_STATES.into_iter().enumerate() {
                 let current = state == candidate;
                 counts[slot] += i64::from(current);
                 self.node_state
-                    .with_label_values(&[node, candidate.as_str()])
+                    .with_label_values(&[node, candidate])
                     .set(i64::from(current));
             }
         }
-        for (state, count) in ["up", "suspect", "down"].into_iter().zip(counts) {
+        for (state, count) in NODE_STATES.into_iter().zip(counts) {
             self.nodes_by_state.with_label_values(&[state]).set(count);
         }
-        self.placement_epoch.set(view.epoch as i64);
+        self.placement_epoch.set(placement_epoch as i64);
         self.repair.update(repair);
         shardcache_common::http_metrics::exposition(&self.registry)
     }
@@ -337,35 +338,47 @@ impl Default for MasterMetrics {
     }
 }
 
+/// The states an aux node can be in, as the `state` label spells them.
+const NODE_STATES: [&str; 3] = ["up", "suspect", "down"];
+
+/// Repair's figures at a scrape: totals so far (the running pass included) and
+/// the worker's state. The repairer fills it in; this module knows nothing else of
+/// repair.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RepairSample {
+    pub keys_scanned: u64,
+    pub keys_repaired: u64,
+    pub shards_rebuilt: u64,
+    pub shards_moved: u64,
+    pub shards_deleted: u64,
+    pub bytes_written: u64,
+    pub keys_unreadable: u64,
+    pub failures: u64,
+    pub passes: u64,
+    pub backlog_ratio: f64,
+    pub complete: bool,
+    pub running: bool,
+    pub lease_held: bool,
+    pub last_pass_seconds: Option<f64>,
+}
+
 impl RepairMetrics {
-    fn update(&self, status: &RepairStatus) {
-        let PassCounts {
-            keys_scanned,
-            keys_repaired,
-            shards_rebuilt,
-            shards_moved,
-            shards_deleted,
-            bytes_written,
-            keys_unreadable,
-            failures,
-        } = status.totals_with_current();
-        advance(&self.keys_scanned, keys_scanned);
-        advance(&self.keys_repaired, keys_repaired);
-        advance(&self.shards_rebuilt, shards_rebuilt);
-        advance(&self.shards_moved, shards_moved);
-        advance(&self.shards_deleted, shards_deleted);
-        advance(&self.bytes_written, bytes_written);
-        advance(&self.keys_unreadable, keys_unreadable);
-        advance(&self.failures, failures);
-        advance(&self.passes, status.passes);
-        self.backlog_ratio.set(status.backlog_ratio());
-        self.complete.set(i64::from(status.complete));
-        self.running.set(i64::from(status.state == "running"));
-        self.lease_held.set(i64::from(
-            status.lease_holder.as_deref() == Some(&status.this_master),
-        ));
-        if let Some(last) = &status.last_pass {
-            self.last_pass_seconds.set(last.duration_ms as f64 / 1000.0);
+    fn update(&self, sample: &RepairSample) {
+        advance(&self.keys_scanned, sample.keys_scanned);
+        advance(&self.keys_repaired, sample.keys_repaired);
+        advance(&self.shards_rebuilt, sample.shards_rebuilt);
+        advance(&self.shards_moved, sample.shards_moved);
+        advance(&self.shards_deleted, sample.shards_deleted);
+        advance(&self.bytes_written, sample.bytes_written);
+        advance(&self.keys_unreadable, sample.keys_unreadable);
+        advance(&self.failures, sample.failures);
+        advance(&self.passes, sample.passes);
+        self.backlog_ratio.set(sample.backlog_ratio);
+        self.complete.set(i64::from(sample.complete));
+        self.running.set(i64::from(sample.running));
+        self.lease_held.set(i64::from(sample.lease_held));
+        if let Some(seconds) = sample.last_pass_seconds {
+            self.last_pass_seconds.set(seconds);
         }
     }
 }

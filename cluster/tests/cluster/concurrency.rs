@@ -47,7 +47,7 @@ async fn concurrent_writers_never_produce_a_torn_value() {
         );
         readers.push(tokio::spawn(async move {
             // Reads started after the first acknowledged write, and how many of them
-            // missed: allowed (DESIGN.md, invariant 1) while racing writes leave no
+            // missed: allowed (ARCHITECTURE.md, invariant 1) while racing writes leave no
             // version with k shards, but they must stay the exception.
             let (mut reads_after_ack, mut misses_after_ack) = (0usize, 0usize);
             while writers_done.load(Ordering::Acquire) < WRITERS {

@@ -2,19 +2,22 @@
 //! timed per node, operation and outcome (`shardcache_master_shard_requests_total`
 //! and `…_shard_request_duration_seconds`). The data path and repair go through it,
 //! so no shard call escapes the metrics. Gets go through the [`ReadBatcher`] unless
-//! batching is off (`--read-batch-max 1`), then each is a GET of its own.
+//! batching is off (`--read-batch-max 1`), then each is a GET of its own; callers
+//! that ask several nodes use [`ShardClient::gather`], which hides the difference.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use shardcache_common::aux_client::{AuxClient, AuxError, PutOutcome};
-use shardcache_common::frame::ShardFrame;
 use shardcache_common::version::Version;
+use tokio::sync::mpsc;
 
+use super::batcher::{BatchSettings, ReadBatcher, ShardRead};
 use crate::cluster::Node;
 use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
-use crate::read_batcher::{BatchSettings, ReadBatcher};
 
 /// An [`AuxClient`] whose shard calls are measured.
 #[derive(Clone)]
@@ -49,14 +52,29 @@ impl ShardClient {
         result
     }
 
-    /// True when gets are batched: a get may then be dropped half-way (the request
-    /// belongs to the batcher, which also measures it). An unbatched get must be
-    /// left to finish, or its pooled connection is closed and it goes unmeasured.
-    pub fn gets_are_batched(&self) -> bool {
-        self.reads.is_some()
+    /// Asks each of `nodes` for its shard of `key`; the answers come as they arrive.
+    /// The caller may stop listening at any time. Batched gets are polled right in
+    /// the stream (no task per shard): those still queued are then never sent, and
+    /// those in flight finish inside their batch, which measures them. Unbatched
+    /// gets run in tasks of their own and finish in the background, since dropping
+    /// one half-way would close its pooled connection and leave it unmeasured.
+    pub fn gather(&self, key: &str, nodes: &[Node]) -> BoxStream<'static, (Node, ShardRead)> {
+        let gets = nodes.iter().map(|node| {
+            let (shards, node, key) = (self.clone(), node.clone(), key.to_owned());
+            (node.clone(), async move { shards.get(&node, &key).await })
+        });
+        if self.reads.is_some() {
+            gets.map(|(node, get)| async move { (node, get.await) })
+                .collect::<FuturesUnordered<_>>()
+                .boxed()
+        } else {
+            let mut receiver = fan_out(gets);
+            futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
+        }
     }
 
-    pub async fn get(&self, node: &Node, key: &str) -> Result<Option<ShardFrame>, AuxError> {
+    /// One node's shard of `key`. Await it to the end (see [`gather`](Self::gather)).
+    pub async fn get(&self, node: &Node, key: &str) -> ShardRead {
         if let Some(batcher) = &self.reads {
             return batcher.get(node, key).await;
         }
@@ -92,4 +110,26 @@ impl ShardClient {
         self.metrics
             .shard_call(&node.id, op, outcome, started.elapsed());
     }
+}
+
+/// Runs every `(label, call)` in a task of its own and yields `(label, result)` as
+/// each finishes. The tasks outlive the receiver: a caller that stops listening once
+/// it has enough answers leaves the rest to complete (their shards still land, and
+/// their pooled connections stay open).
+pub fn fan_out<L, T, Fut>(calls: impl Iterator<Item = (L, Fut)>) -> mpsc::Receiver<(L, T)>
+where
+    L: Send + 'static,
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let calls: Vec<(L, Fut)> = calls.collect();
+    let (results, answers) = mpsc::channel(calls.len().max(1));
+    for (label, call) in calls {
+        let results = results.clone();
+        tokio::spawn(async move {
+            let outcome = call.await;
+            let _ = results.send((label, outcome)).await;
+        });
+    }
+    answers
 }

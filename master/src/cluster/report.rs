@@ -1,0 +1,95 @@
+//! The cluster as `GET /cluster` shows it: ring version, placement epoch, every
+//! member with its state and store figures, and the membership document. The
+//! admin API adds the parts that are not the cluster's own (geometry, read-repair
+//! count, repair progress) next to these fields.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use shardcache_common::wire::MembershipDoc;
+
+use super::{Cluster, Member, NodeState, Source, View};
+
+/// This master's picture of the cluster, field for field as `GET /cluster` shows
+/// it (the order of the fields is the order of the JSON keys).
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterReport {
+    /// See [`View::ring_version`].
+    pub ring_version: String,
+    /// See [`View::epoch`].
+    pub placement_epoch: u64,
+    pub placement_changed_ms_ago: u64,
+    /// Every member, by address.
+    pub nodes: Vec<NodeReport>,
+    pub membership: MembershipDoc,
+}
+
+/// One member address as `GET /cluster` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeReport {
+    /// The identity it reported; `None` until it has answered a probe.
+    pub id: Option<String>,
+    pub address: String,
+    pub source: Source,
+    pub state: NodeState,
+    pub state_for_ms: u64,
+    /// False while it is not on the ring: never identified, or another address
+    /// with its identity is used instead.
+    pub on_ring: bool,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    /// The store figures of its last answer: live shards, …
+    pub shards: Option<u64>,
+    pub tombstones: Option<u64>,
+    pub bytes: Option<u64>,
+    pub capacity_bytes: Option<u64>,
+}
+
+impl Cluster {
+    /// The cluster as `GET /cluster` shows it (the admin API adds the rest).
+    pub fn report(&self) -> ClusterReport {
+        let view = self.view();
+        let now = Instant::now();
+        let members = self.members.lock().clone();
+        let nodes = members
+            .iter()
+            .map(|(address, member)| NodeReport::of(address, member, &view, now))
+            .collect();
+        ClusterReport {
+            ring_version: view.ring_version.clone(),
+            placement_epoch: view.epoch,
+            placement_changed_ms_ago: millis_since(view.changed_at, now),
+            nodes,
+            membership: self.doc.lock().clone(),
+        }
+    }
+}
+
+impl NodeReport {
+    fn of(address: &str, member: &Member, view: &View, now: Instant) -> Self {
+        let on_ring = member
+            .id
+            .as_ref()
+            .and_then(|id| view.slots.get(id))
+            .is_some_and(|slot| *slot.node.address == *address);
+        let store = member.store;
+        NodeReport {
+            id: member.id.as_deref().map(str::to_owned),
+            address: address.to_owned(),
+            source: member.source,
+            state: member.state,
+            state_for_ms: millis_since(member.state_since, now),
+            on_ring,
+            consecutive_failures: member.failures,
+            last_error: member.last_error.clone(),
+            shards: store.map(|store| store.items),
+            tombstones: store.map(|store| store.tombstones),
+            bytes: store.map(|store| store.bytes),
+            capacity_bytes: store.map(|store| store.capacity_bytes),
+        }
+    }
+}
+
+fn millis_since(then: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(then).as_millis() as u64
+}

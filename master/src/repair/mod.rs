@@ -1,0 +1,333 @@
+//! Repair and rebalancing: bring every key back to `k + m` distinct shards on its
+//! current owners, and remove shards from nodes that no longer own them.
+//!
+//! **When.** A pass starts when placement changes (a node joined, left, came back,
+//! or has been down longer than `--repair-grace`), and every `--repair-interval` as
+//! an anti-entropy sweep. It waits while any node is suspect or down within its grace
+//! period: a node that comes back in time keeps its shards and nothing is rebuilt.
+//!
+//! **Who.** Only the master holding the `repair` lease runs passes. The lease is
+//! granted by aux nodes and held while a majority of the ring's nodes grant it; it is
+//! renewed during a pass. Every step is version-guarded anyway (conditional puts,
+//! deletes only of versions no newer than the one placed), so two masters repairing
+//! at once, or a pass repeated, cannot roll a key back or lose it (invariant 8).
+//!
+//! **How.** Each up node lists its shard headers in ring-point order
+//! (`wire::InventoryPage`); the pass merges the lists, so it sees every holder of a
+//! key at once while holding only one page per node in memory. For each key, the
+//! newest version decides: owners lacking a distinct shard index of it get one —
+//! copied from a node that holds that index (a move) or rebuilt from any `k` shards
+//! (decode, re-encode) — and once every owner holds one, the copies on other nodes
+//! are deleted. Moved and rebuilt shards keep their version and expiry. Keys are
+//! worked on `--repair-concurrency` at a time so that foreground requests keep most
+//! of the machine.
+//!
+//! - `scan`: the merged inventories, key by key in ring order.
+//! - `plan`: what one key needs (pure, table-tested): placements and strays.
+//! - `apply`: the I/O that carries a plan out.
+//! - `status`: what `/cluster` and the metrics show of repair.
+//! - this module: the worker — when passes run, the lease, progress.
+
+mod apply;
+mod plan;
+mod scan;
+mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use shardcache_common::codec::Codec;
+use shardcache_common::unix_millis;
+use shardcache_common::wire::LeaseRequest;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, View};
+use crate::shards::ShardClient;
+use apply::Apply;
+use scan::Inventories;
+pub use status::{PassCounts, PassReport, RepairState, RepairStatus};
+
+/// The lease's name on the aux nodes.
+const LEASE_NAME: &str = "repair";
+
+/// How a master repairs.
+#[derive(Clone, Debug)]
+pub struct RepairSettings {
+    /// Time between anti-entropy passes when nothing changed.
+    pub interval: Duration,
+    /// How long a down node may stay away before its shards are rebuilt elsewhere.
+    pub grace: Duration,
+    /// Keys repaired at once.
+    pub concurrency: usize,
+    /// How long a granted lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// How often to re-check when waiting (a node in its grace period, no lease).
+    pub retry: Duration,
+    /// Repair without the lease (tests only).
+    pub ignore_lease: bool,
+}
+
+/// The repair worker of one master.
+pub struct Repairer {
+    cluster: Arc<Cluster>,
+    shards: ShardClient,
+    /// The cluster's geometry; shards of another decode with a codec of their own.
+    codec: Arc<Codec>,
+    settings: RepairSettings,
+    holder: String,
+    status: Mutex<RepairStatus>,
+    /// The placement epoch of the last pass that finished cleanly.
+    clean_epoch: Mutex<Option<u64>>,
+}
+
+impl Repairer {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        shards: ShardClient,
+        codec: Arc<Codec>,
+        settings: RepairSettings,
+    ) -> Self {
+        let holder = format!("master-{:016x}", rand::random::<u64>());
+        let status = RepairStatus {
+            state: RepairState::Idle,
+            complete: false,
+            reason: Some("no pass has run yet".into()),
+            lease_holder: None,
+            this_master: holder.clone(),
+            current: None,
+            last_pass: None,
+            passes: 0,
+            totals: PassCounts::default(),
+        };
+        Repairer {
+            cluster,
+            shards,
+            codec,
+            settings,
+            holder,
+            status: Mutex::new(status),
+            clean_epoch: Mutex::new(None),
+        }
+    }
+
+    /// The status as `/cluster` shows it, `complete` judged against the current view.
+    pub fn status(&self) -> RepairStatus {
+        let view = self.cluster.view();
+        let mut status = self.status.lock().clone();
+        let blocker = view.repair_blocker(self.settings.grace, Instant::now());
+        status.complete = blocker.is_none() && *self.clean_epoch.lock() == Some(view.epoch);
+        if status.state == RepairState::Idle && !status.complete {
+            // The worker has not looked since placement changed; say why it will wait.
+            if blocker.is_some() {
+                status.state = RepairState::Waiting;
+            }
+            status.reason = blocker.or_else(|| Some("a pass is due".into()));
+        }
+        status
+    }
+
+    fn set_state(&self, state: RepairState, reason: Option<String>) {
+        let mut status = self.status.lock();
+        // Logged on a change of state only: a waiting reason counts seconds.
+        if status.state != state {
+            if let Some(reason) = &reason {
+                tracing::info!(?state, %reason, "repair");
+            }
+        }
+        status.state = state;
+        status.reason = reason;
+    }
+
+    /// Runs passes until `stop`: on every placement change, and every interval.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let cluster = self.cluster.clone();
+        let mut epochs = cluster.subscribe();
+        let mut last_pass_at: Option<Instant> = None;
+        let mut holding = false;
+        loop {
+            let view = cluster.view();
+            let clean = *self.clean_epoch.lock() == Some(view.epoch);
+            let sweep_due = last_pass_at.is_none_or(|at| at.elapsed() >= self.settings.interval);
+            let mut wait = self.settings.interval;
+            if holding && clean && !sweep_due {
+                // Keep the lease while idle, so the standby masters stay standby.
+                holding = self.take_lease(&view).await.is_ok();
+                wait = self.settings.lease_ttl / 3;
+            } else if !clean || sweep_due {
+                wait = self.settings.retry;
+                if let Some(reason) = view.repair_blocker(self.settings.grace, Instant::now()) {
+                    self.set_state(RepairState::Waiting, Some(reason));
+                } else if view.up_nodes().is_empty() {
+                    self.set_state(RepairState::Waiting, Some("no aux node is up".into()));
+                } else if let Err(holder) = self.take_lease(&view).await {
+                    holding = false;
+                    self.status.lock().lease_holder = holder.clone();
+                    self.set_state(
+                        RepairState::Standby,
+                        Some(format!(
+                            "the repair lease is held by {}",
+                            holder.unwrap_or_else(|| "nobody (no majority)".into())
+                        )),
+                    );
+                } else {
+                    holding = true;
+                    self.status.lock().lease_holder = Some(self.holder.clone());
+                    last_pass_at = Some(Instant::now());
+                    let report = self.pass(&view, &stop).await;
+                    let finished_clean = report.aborted.is_none() && report.counts.failures == 0;
+                    if finished_clean {
+                        *self.clean_epoch.lock() = Some(view.epoch);
+                        wait = self.settings.lease_ttl / 3;
+                    }
+                    self.finish_pass(report);
+                }
+            }
+            tokio::select! {
+                _ = epochs.changed() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn finish_pass(&self, report: PassReport) {
+        let counts = &report.counts;
+        tracing::info!(
+            epoch = report.placement_epoch,
+            duration_ms = report.duration_ms,
+            keys = counts.keys_scanned,
+            repaired = counts.keys_repaired,
+            rebuilt = counts.shards_rebuilt,
+            moved = counts.shards_moved,
+            deleted = counts.shards_deleted,
+            unreadable = counts.keys_unreadable,
+            failures = counts.failures,
+            aborted = ?report.aborted,
+            "repair pass finished"
+        );
+        let mut status = self.status.lock();
+        status.totals.add(counts);
+        status.passes += 1;
+        status.current = None;
+        status.last_pass = Some(report);
+        status.state = RepairState::Idle;
+        status.reason = None;
+    }
+
+    /// Takes or renews the repair lease: `Ok` once a majority of the ring's nodes
+    /// granted it, else `Err` with the holder some node named.
+    async fn take_lease(&self, view: &View) -> Result<(), Option<String>> {
+        if self.settings.ignore_lease {
+            return Ok(());
+        }
+        let nodes = view.all_nodes();
+        let request = LeaseRequest {
+            name: LEASE_NAME.into(),
+            holder: self.holder.clone(),
+            ttl_ms: self.settings.lease_ttl.as_millis() as u64,
+        };
+        let client = self.shards.aux();
+        let answers = futures::future::join_all(
+            nodes
+                .iter()
+                .map(|node| client.lease(&node.address, &request)),
+        )
+        .await;
+        let granted = answers
+            .iter()
+            .filter(|answer| matches!(answer, Ok(answer) if answer.granted))
+            .count();
+        if granted > nodes.len() / 2 {
+            return Ok(());
+        }
+        let holder = answers.into_iter().find_map(|answer| {
+            answer
+                .ok()
+                .filter(|answer| !answer.granted)
+                .map(|answer| answer.holder)
+        });
+        Err(holder)
+    }
+
+    /// One pass over every key held by any up node.
+    async fn pass(&self, view: &Arc<View>, stop: &CancellationToken) -> PassReport {
+        let started = Instant::now();
+        let mut report = PassReport {
+            placement_epoch: view.epoch,
+            started_at_ms: unix_millis(),
+            duration_ms: 0,
+            progress: 0.0,
+            aborted: None,
+            counts: PassCounts::default(),
+        };
+        self.set_state(RepairState::Running, None);
+        let mut inventories = Inventories::new(view.up_nodes());
+        let mut work: JoinSet<PassCounts> = JoinSet::new();
+        let mut lease_renewed = Instant::now();
+        let mut dispatched = 0u64;
+        loop {
+            let next = match inventories.next(self.shards.aux()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break, // every inventory exhausted
+                Err(problem) => {
+                    report.aborted = Some(problem);
+                    break;
+                }
+            };
+            while work.len() >= self.settings.concurrency.max(1) {
+                if let Some(Ok(counts)) = work.join_next().await {
+                    report.counts.add(&counts);
+                }
+            }
+            let (shards, codec, view_for_key) =
+                (self.shards.clone(), self.codec.clone(), view.clone());
+            work.spawn(async move {
+                let apply = Apply {
+                    shards: &shards,
+                    codec: &codec,
+                };
+                apply
+                    .repair_key(&view_for_key, &next.key, next.holdings)
+                    .await
+            });
+            report.progress = next.point as f64 / u64::MAX as f64;
+            dispatched += 1;
+            if dispatched.is_multiple_of(256) {
+                self.publish_progress(&report, started);
+            }
+            if stop.is_cancelled() {
+                report.aborted = Some("master shutting down".into());
+                break;
+            }
+            if self.cluster.view().epoch != view.epoch {
+                report.aborted = Some("placement changed during the pass".into());
+                break;
+            }
+            if lease_renewed.elapsed() >= self.settings.lease_ttl / 3 {
+                if self.take_lease(view).await.is_err() {
+                    report.aborted = Some("lost the repair lease".into());
+                    break;
+                }
+                lease_renewed = Instant::now();
+            }
+        }
+        while let Some(joined) = work.join_next().await {
+            if let Ok(counts) = joined {
+                report.counts.add(&counts);
+            }
+        }
+        if report.aborted.is_none() {
+            report.progress = 1.0;
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        report
+    }
+
+    fn publish_progress(&self, report: &PassReport, started: Instant) {
+        let mut current = report.clone();
+        current.duration_ms = started.elapsed().as_millis() as u64;
+        self.status.lock().current = Some(current);
+    }
+}

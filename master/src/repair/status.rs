@@ -1,0 +1,126 @@
+//! What repair reports: counts per pass and in total, the worker's state, and the
+//! figures the metrics copy in at each scrape.
+
+use serde::Serialize;
+
+use crate::metrics::RepairSample;
+
+/// Counts of one pass (or of all passes).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PassCounts {
+    pub keys_scanned: u64,
+    /// Keys that needed any work.
+    pub keys_repaired: u64,
+    pub shards_rebuilt: u64,
+    pub shards_moved: u64,
+    pub shards_deleted: u64,
+    /// Bytes of shard frames written to owners.
+    pub bytes_written: u64,
+    /// Keys whose newest version has fewer than `k` shards anywhere (left as they
+    /// are; a read falls back to an older decodable version, if any).
+    pub keys_unreadable: u64,
+    /// Steps that failed (a node error or timeout); the next pass retries them.
+    pub failures: u64,
+}
+
+impl PassCounts {
+    pub fn add(&mut self, other: &PassCounts) {
+        self.keys_scanned += other.keys_scanned;
+        self.keys_repaired += other.keys_repaired;
+        self.shards_rebuilt += other.shards_rebuilt;
+        self.shards_moved += other.shards_moved;
+        self.shards_deleted += other.shards_deleted;
+        self.bytes_written += other.bytes_written;
+        self.keys_unreadable += other.keys_unreadable;
+        self.failures += other.failures;
+    }
+}
+
+/// A pass in progress, or the last one finished.
+#[derive(Clone, Debug, Serialize)]
+pub struct PassReport {
+    pub placement_epoch: u64,
+    pub started_at_ms: u64,
+    pub duration_ms: u64,
+    /// Fraction of the ring scanned so far (1.0 when finished).
+    pub progress: f64,
+    /// Why the pass ended early, if it did.
+    pub aborted: Option<String>,
+    #[serde(flatten)]
+    pub counts: PassCounts,
+}
+
+impl RepairStatus {
+    /// The totals of finished passes plus what the running pass did so far.
+    pub fn totals_with_current(&self) -> PassCounts {
+        let mut totals = self.totals.clone();
+        if let Some(current) = &self.current {
+            totals.add(&current.counts);
+        }
+        totals
+    }
+
+    /// The figures the metrics copy in at each scrape.
+    pub fn sample(&self) -> RepairSample {
+        let totals = self.totals_with_current();
+        RepairSample {
+            keys_scanned: totals.keys_scanned,
+            keys_repaired: totals.keys_repaired,
+            shards_rebuilt: totals.shards_rebuilt,
+            shards_moved: totals.shards_moved,
+            shards_deleted: totals.shards_deleted,
+            bytes_written: totals.bytes_written,
+            keys_unreadable: totals.keys_unreadable,
+            failures: totals.failures,
+            passes: self.passes,
+            backlog_ratio: self.backlog_ratio(),
+            complete: self.complete,
+            running: self.state == RepairState::Running,
+            lease_held: self.lease_holder.as_deref() == Some(&self.this_master),
+            last_pass_seconds: self
+                .last_pass
+                .as_ref()
+                .map(|last| last.duration_ms as f64 / 1000.0),
+        }
+    }
+
+    /// How much of the ring is still to be checked before the current placement has
+    /// full redundancy: 0 when complete, the unscanned fraction while a pass runs,
+    /// else 1 (including on standby masters, which cannot see the holder's pass).
+    pub fn backlog_ratio(&self) -> f64 {
+        match (&self.current, self.complete) {
+            (_, true) => 0.0,
+            (Some(pass), false) => (1.0 - pass.progress).clamp(0.0, 1.0),
+            (None, false) => 1.0,
+        }
+    }
+}
+
+/// What the repair worker is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepairState {
+    /// Nothing to do until placement changes or the next sweep.
+    Idle,
+    /// A pass is due but must wait (a node suspect or within its grace period).
+    Waiting,
+    Running,
+    /// Another master holds the repair lease.
+    Standby,
+}
+
+/// What `GET /cluster` shows under `"repair"`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RepairStatus {
+    pub state: RepairState,
+    /// True when a pass over the current placement finished without failures:
+    /// every key then has `k + m` shards on its owners.
+    pub complete: bool,
+    pub reason: Option<String>,
+    pub lease_holder: Option<String>,
+    pub this_master: String,
+    pub current: Option<PassReport>,
+    pub last_pass: Option<PassReport>,
+    pub passes: u64,
+    pub totals: PassCounts,
+}

@@ -1,0 +1,15 @@
+//! Shard I/O: everything between "these owners, this key" and frames on aux nodes.
+//!
+//! - [`client`]: [`ShardClient`], the one way shard calls leave a master, each
+//!   counted and timed; [`ShardClient::gather`] asks several nodes for a key and
+//!   hides whether the gets are batched.
+//! - [`batcher`]: shard reads queued per aux node and sent together in multi-gets.
+//! - [`frames`]: building, decoding and rebuilding shard frames (the codec side),
+//!   tombstones included, in one place for the data path and repair.
+
+pub mod batcher;
+pub mod client;
+pub mod frames;
+
+pub use batcher::{BatchSettings, ShardRead};
+pub use client::{fan_out, ShardClient};
