@@ -24,6 +24,10 @@
 //! an entry costs about 8 / 0.89 ≈ 9 bytes on average over growth (a sorted run is
 //! short even at that load: a lookup reads one or two cache lines).
 
+use std::ops::{Deref, DerefMut};
+
+use memmap2::MmapMut;
+
 /// Bits of the ring point kept in a slot.
 const TAG_BITS: u32 = 27;
 const LOCATION_BITS: u32 = 36;
@@ -37,6 +41,36 @@ const MAX_LOAD: f64 = 0.94;
 const TARGET_LOAD: f64 = 0.85;
 const MIN_LOAD: f64 = 0.30;
 
+/// The slot array, in a memory mapping of its own: when the table grows or
+/// shrinks, the old array is unmapped at once instead of being kept by the
+/// allocator for reuse (resident memory the store would not count).
+struct Slots {
+    map: MmapMut,
+}
+
+impl Slots {
+    fn zeroed(len: usize) -> Self {
+        // Anonymous mappings start zeroed: every slot empty.
+        let map = MmapMut::map_anon(len * 8).expect("map memory for the store's index");
+        Slots { map }
+    }
+}
+
+impl Deref for Slots {
+    type Target = [u64];
+
+    fn deref(&self) -> &[u64] {
+        // A mapping is page-aligned, so the cast cannot fail.
+        bytemuck::cast_slice(&self.map)
+    }
+}
+
+impl DerefMut for Slots {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        bytemuck::cast_slice_mut(&mut self.map)
+    }
+}
+
 /// The tag of a ring point.
 pub fn tag_of(point: u64) -> u32 {
     (point >> (64 - TAG_BITS)) as u32
@@ -44,7 +78,7 @@ pub fn tag_of(point: u64) -> u32 {
 
 /// The sorted open-addressing table; see the module docs.
 pub struct Index {
-    slots: Vec<u64>,
+    slots: Slots,
     homes: usize,
     len: usize,
 }
@@ -59,7 +93,7 @@ impl Index {
     fn with_homes(homes: usize) -> Self {
         let spare = (homes / 16).clamp(8, 1024);
         Index {
-            slots: vec![0; homes + spare],
+            slots: Slots::zeroed(homes + spare),
             homes,
             len: 0,
         }
@@ -70,9 +104,9 @@ impl Index {
         self.len
     }
 
-    /// Memory the slots take.
+    /// Memory the slots take (whole pages).
     pub fn bytes(&self) -> usize {
-        self.slots.capacity() * 8
+        self.slots.map.len().div_ceil(4096) * 4096
     }
 
     fn home(&self, tag: u32) -> usize {
