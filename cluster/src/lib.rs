@@ -8,12 +8,17 @@
 //! - [`bench`]: the `shardcache bench` command (erasure coding vs replication).
 //! - [`repair_bench`]: the `shardcache bench-repair` command (how fast a lost aux
 //!   node's shards are rebuilt).
+//! - [`bench_memory`]: the `shardcache bench-memory` command (aux RSS per user byte
+//!   for erasure coding and replication, next to Redis and memcached).
+//! - [`plot`]: grouped bar charts as SVG and PNG, for the benchmarks.
 //!
 //! The `shardcache` binary links the master and aux libraries and runs them as its
 //! `master` and `aux` subcommands, so `cargo run --bin shardcache -- up` builds one
 //! executable and spawns copies of itself.
 
 pub mod bench;
+pub mod bench_memory;
 pub mod harness;
+pub mod plot;
 pub mod repair_bench;
 pub mod up;

@@ -1,5 +1,6 @@
 //! `shardcache`: `up` starts a local cluster; `master` and `aux` run one node each
-//! (the same flags as `shardcache-master` and `shardcache-aux`).
+//! (the same flags as `shardcache-master` and `shardcache-aux`); `bench`,
+//! `bench-repair` and `bench-memory` measure a local cluster.
 
 use clap::Parser;
 
@@ -24,6 +25,8 @@ enum Command {
     Bench(shardcache::bench::BenchArgs),
     /// Measure how fast a lost aux node's shards are rebuilt.
     BenchRepair(shardcache::repair_bench::RepairBenchArgs),
+    /// Measure aux memory per user byte: erasure coding vs replication vs Redis and memcached.
+    BenchMemory(shardcache::bench_memory::BenchMemoryArgs),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
         Command::Up(args) => shardcache::up::up(args),
         Command::Bench(args) => shardcache::bench::bench(args),
         Command::BenchRepair(args) => shardcache::repair_bench::bench_repair(args),
+        Command::BenchMemory(args) => shardcache::bench_memory::bench_memory(args),
         Command::Master(config) => {
             shardcache_common::runtime::block_on(shardcache_master::serve(config))
         }
