@@ -19,10 +19,14 @@
 //! cuts a pooled connection, and a read dropped while still queued is simply not
 //! sent. Each read that is sent is counted and timed here, from queueing to answer,
 //! whether or not its reader is still waiting.
+//!
+//! A dispatcher with nothing to do for [`IDLE_DISPATCHER`] closes its queue and
+//! ends (after sending what was already queued), so a node that left the cluster
+//! leaves no task behind; the next read for that address starts a fresh one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use shardcache_common::aux_client::{AuxClient, AuxError};
@@ -31,6 +35,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::cluster::Node;
 use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
+
+/// How long a dispatcher waits for a read before it ends.
+pub const IDLE_DISPATCHER: Duration = Duration::from_secs(60);
 
 /// How shard reads are batched per aux node.
 #[derive(Clone, Copy, Debug)]
@@ -60,8 +67,8 @@ pub struct ReadBatcher {
     client: AuxClient,
     settings: BatchSettings,
     metrics: Arc<MasterMetrics>,
-    /// By node address. A dispatcher lives as long as its queue's sender, here; the
-    /// map only grows with addresses ever read from, a handful.
+    /// By node address. A closed queue belongs to a dispatcher that ended idle; it
+    /// is replaced on the next read for that address.
     queues: Mutex<HashMap<String, mpsc::Sender<QueuedRead>>>,
 }
 
@@ -78,16 +85,27 @@ impl ReadBatcher {
     /// Reads the shard of `key` held by `node`, as part of whatever batch it joins.
     pub async fn get(&self, node: &Node, key: &str) -> ShardRead {
         let timeout = self.client.timeout();
-        let queue = self.queue(&node.address);
         let (reply, answer) = oneshot::channel();
-        let read = QueuedRead {
+        let mut read = QueuedRead {
             key: key.to_owned(),
             node_id: node.id.clone(),
             queued_at: Instant::now(),
             reply,
         };
         let exchange = async {
-            if queue.send(read).await.is_err() {
+            // A dispatcher may end idle between taking its queue and sending to it:
+            // then the read goes to a fresh one.
+            let mut sent = false;
+            for _ in 0..2 {
+                match self.queue(&node.address).send(read).await {
+                    Ok(()) => {
+                        sent = true;
+                        break;
+                    }
+                    Err(mpsc::error::SendError(back)) => read = back,
+                }
+            }
+            if !sent {
                 return Err(AuxError::Transport("the read batcher has stopped".into()));
             }
             answer.await.unwrap_or_else(|_| {
@@ -101,10 +119,11 @@ impl ReadBatcher {
             .unwrap_or(Err(AuxError::Timeout(timeout)))
     }
 
-    /// The queue of `address`, starting its dispatcher on first use.
+    /// The queue of `address`, starting its dispatcher on first use (or after the
+    /// last one ended idle).
     fn queue(&self, address: &str) -> mpsc::Sender<QueuedRead> {
         let mut queues = self.queues.lock();
-        if let Some(queue) = queues.get(address) {
+        if let Some(queue) = queues.get(address).filter(|queue| !queue.is_closed()) {
             return queue.clone();
         }
         let (sender, receiver) = mpsc::channel(self.settings.queue.max(1));
@@ -120,7 +139,8 @@ impl ReadBatcher {
     }
 }
 
-/// Sends one node's queued reads as batches until the queue's sender is dropped.
+/// Sends one node's queued reads as batches, until it has been idle for
+/// [`IDLE_DISPATCHER`].
 async fn dispatch(
     client: AuxClient,
     address: String,
@@ -130,7 +150,19 @@ async fn dispatch(
 ) {
     let slots = Arc::new(Semaphore::new(settings.in_flight.max(1)));
     let max_keys = settings.max_keys.max(1);
-    while let Some(first) = queue.recv().await {
+    loop {
+        let first = match tokio::time::timeout(IDLE_DISPATCHER, queue.recv()).await {
+            Ok(Some(read)) => read,
+            Ok(None) => return,
+            // Idle: refuse new reads, but still send those that made it in.
+            Err(_) => {
+                queue.close();
+                match queue.recv().await {
+                    Some(read) => read,
+                    None => return,
+                }
+            }
+        };
         // While every slot is busy, reads pile up in the queue: that is the batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return; // never closed
@@ -171,5 +203,37 @@ async fn dispatch(
                 let _ = read.reply.send(answer);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_dispatcher_ends_and_the_next_read_starts_a_fresh_one() {
+        // Nothing listens on port 1: every read fails at once, which is enough here.
+        let client = AuxClient::new(Duration::from_secs(1), 1 << 20);
+        let settings = BatchSettings {
+            max_keys: 8,
+            in_flight: 2,
+            queue: 16,
+        };
+        let batcher = ReadBatcher::new(client, settings, Arc::new(MasterMetrics::new()));
+        let node = Node {
+            id: "aux-0".into(),
+            address: "127.0.0.1:1".into(),
+        };
+        let is_closed = |batcher: &ReadBatcher| batcher.queues.lock()["127.0.0.1:1"].is_closed();
+        assert!(batcher.get(&node, "k").await.is_err());
+        assert!(!is_closed(&batcher));
+        tokio::time::sleep(IDLE_DISPATCHER + Duration::from_secs(1)).await;
+        assert!(is_closed(&batcher), "the idle dispatcher ended");
+        let answer = batcher.get(&node, "k").await;
+        assert!(
+            matches!(&answer, Err(error) if !error.to_string().contains("stopped")),
+            "a fresh dispatcher took the read: {answer:?}"
+        );
+        assert!(!is_closed(&batcher));
     }
 }
