@@ -14,6 +14,7 @@ mod data_path;
 mod failures;
 mod memory;
 mod metrics;
+mod ordering;
 mod recovery;
 mod repair_bench_smoke;
 mod support;

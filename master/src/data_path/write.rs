@@ -1,4 +1,21 @@
 //! Writes and deletes: frames to the key's owners, acknowledged at the write quorum.
+//!
+//! **Real-time order.** A write acknowledged to a client outranks every write
+//! acknowledged before it began, through any master (ARCHITECTURE.md, invariant 2),
+//! although masters' clocks differ and writer ids break same-millisecond ties in
+//! an arbitrary order. The first version a write takes counts an owner's answer
+//! "I hold a newer version" (409) as an acknowledgement only when this master
+//! stamped that version (after this one: a concurrent write, which may win either
+//! way). A newer version from another master may be a write acknowledged before
+//! this one began, so the write re-stamps itself above the newest version it met
+//! (the hybrid clock observed it) and tries once more, and that second version
+//! counts every 409 as an acknowledgement. Why one re-stamp is enough: a write
+//! acknowledged before this one began sits on at least `W` of the `k + m` owners, so
+//! whenever the first version fails for want of acknowledgements, at least one of
+//! the 409s it heard came from one of them and named that write's version or a
+//! newer one; the second version is above it. Anything newer than the second
+//! version was stamped after the first attempt looked, so it is concurrent. Writers
+//! racing on one key therefore cost at most one extra round, never a livelock.
 
 use std::time::Duration;
 
@@ -12,6 +29,24 @@ use crate::error::ApiError;
 use crate::metrics::QuorumOp;
 use crate::shards::fan_out;
 use crate::shards::frames::{self, Geometry};
+use shardcache_common::codec::Codec;
+
+/// Which version of a write is being stored (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    /// Must outrank newer versions of other masters.
+    First,
+    /// Above every version the first one met: every 409 acknowledges it.
+    Restamped,
+}
+
+/// What storing one version's frames came to.
+enum Stored {
+    /// `W` owners hold this version.
+    Acknowledged,
+    /// Too many owners hold a newer version for this one to reach `W`.
+    Outranked,
+}
 
 impl DataPath {
     /// Stores `value` under `key`, expiring after `ttl` if given.
@@ -21,11 +56,12 @@ impl DataPath {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<Version, ApiError> {
-        let version = self.clock.next();
         let expires_at_ms = ttl.map_or(0, |ttl| unix_millis() + ttl.as_millis() as u64);
-        let frames = frames::encoded_value(&self.codec, key, version, value, expires_at_ms);
-        self.store_frames(key, frames, QuorumOp::Write).await?;
-        Ok(version)
+        let codec: &Codec = &self.codec;
+        self.store_versions(key, QuorumOp::Write, |version| {
+            frames::encoded_value(codec, key, version, value, expires_at_ms)
+        })
+        .await
     }
 
     /// Deletes `key`; `false` if there was no live value to delete.
@@ -34,24 +70,55 @@ impl DataPath {
             return Ok(false);
         };
         self.clock.observe(found.version);
-        let version = self.clock.next();
         let expires_at_ms = unix_millis() + self.tombstone_ttl.as_millis() as u64;
         let geometry = Geometry::of(&self.codec);
-        let frames = frames::encoded_tombstones(key, version, geometry, expires_at_ms);
-        self.store_frames(key, frames, QuorumOp::Delete).await?;
+        self.store_versions(key, QuorumOp::Delete, |version| {
+            frames::encoded_tombstones(key, version, geometry, expires_at_ms)
+        })
+        .await?;
         Ok(true)
     }
 
+    /// Stores the frames `frames_of` makes for a fresh version, and once more for a
+    /// version above every newer one it met if the first was outranked (module docs).
+    async fn store_versions(
+        &self,
+        key: &str,
+        op: QuorumOp,
+        frames_of: impl Fn(Version) -> Vec<Bytes>,
+    ) -> Result<Version, ApiError> {
+        for stamp in [Stamp::First, Stamp::Restamped] {
+            let version = self.clock.next();
+            match self
+                .store_frames(key, version, stamp, frames_of(version), op)
+                .await?
+            {
+                Stored::Acknowledged => return Ok(version),
+                Stored::Outranked => {
+                    tracing::debug!(key, %version, "met a newer version; re-stamping above it")
+                }
+            }
+        }
+        // Not reached: a re-stamped version counts every 409 as an acknowledgement.
+        self.metrics.write_quorum_failure(op);
+        Err(ApiError::Unavailable(format!(
+            "{key:?}: the re-stamped version was outranked too"
+        )))
+    }
+
     /// Sends frame `i` to the key's owner of rank `i`; returns once the write quorum
-    /// acknowledged, or fails once it no longer can. With fewer nodes up than
-    /// `k + m`, the shards beyond the last owner are not stored (repair adds them
-    /// once nodes return).
+    /// holds this version, or once it no longer can: outranked when owners holding a
+    /// newer version made it impossible, an error when failures did. With fewer
+    /// nodes up than `k + m`, the shards beyond the last owner are not stored (repair
+    /// adds them once nodes return).
     async fn store_frames(
         &self,
         key: &str,
+        version: Version,
+        stamp: Stamp,
         frames: Vec<Bytes>,
         op: QuorumOp,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Stored, ApiError> {
         let owners = self.cluster.view().owners(key, frames.len());
         let total = owners.len();
         if total < self.write_quorum {
@@ -65,13 +132,21 @@ impl DataPath {
             let (shards, node) = (self.shards.clone(), owner.clone());
             (owner, async move { shards.put(&node, frame).await })
         }));
-        let (mut acknowledged, mut failures) = (0, Vec::new());
+        let (mut acknowledged, mut outranked, mut failures) = (0, 0, Vec::new());
         while let Some((owner, outcome)) = answers.recv().await {
             match outcome {
                 Ok(PutOutcome::Stored) => acknowledged += 1,
-                Ok(PutOutcome::Superseded(newer)) => {
+                // A concurrent write: stamped by this master after this one, or
+                // newer than every version the first stamp met.
+                Ok(PutOutcome::Superseded(newer))
+                    if newer.writer == version.writer || stamp == Stamp::Restamped =>
+                {
                     self.clock.observe(newer);
                     acknowledged += 1;
+                }
+                Ok(PutOutcome::Superseded(newer)) => {
+                    self.clock.observe(newer);
+                    outranked += 1;
                 }
                 Err(error) => {
                     tracing::debug!(node = %owner.id, %error, "shard write failed");
@@ -79,9 +154,12 @@ impl DataPath {
                 }
             }
             if acknowledged >= self.write_quorum {
-                return Ok(());
+                return Ok(Stored::Acknowledged);
             }
-            if failures.len() > total - self.write_quorum {
+            if outranked + failures.len() > total - self.write_quorum {
+                if outranked > 0 {
+                    return Ok(Stored::Outranked);
+                }
                 break;
             }
         }
