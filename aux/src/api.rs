@@ -1,7 +1,7 @@
 //! The aux node's HTTP routes (see `shardcache_common::wire` for the contract).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -15,7 +15,7 @@ use shardcache_common::version::Version;
 use shardcache_common::wire::{
     AuxHealth, InventoryCursor, InventoryPage, LeaseRequest, MembershipDoc,
 };
-use shardcache_common::{http_metrics, multi_get, unix_millis, wire};
+use shardcache_common::{http_limits, http_metrics, multi_get, unix_millis, wire};
 
 use crate::lease::Leases;
 use crate::membership::MembershipStore;
@@ -25,6 +25,10 @@ use crate::store::{DeleteResult, PutResult, ShardStore};
 
 /// Largest inventory page served, whatever the caller asks for.
 const MAX_INVENTORY_PAGE: usize = 10_000;
+
+/// Longest a request may take, reading its body included: every aux request is a
+/// small, quick one, so this only ever stops a client that sends slowly or not at all.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Shared state of the aux routes.
 #[derive(Clone)]
@@ -64,6 +68,14 @@ pub fn app(state: AuxState) -> Router {
         .route("/health", get(health))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(state.max_frame_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            REQUEST_DEADLINE,
+            http_limits::deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.max_frame_bytes,
+            http_limits::refuse_declared_oversize,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.http.clone(),
             http_metrics::track,
@@ -426,6 +438,26 @@ mod tests {
         );
         let bad = send(&app, "POST", wire::LEASE_PATH, Bytes::from_static(b"{")).await;
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_body_declared_larger_than_the_limit_is_refused_before_it_is_read() {
+        let app = test_app();
+        let never = Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let request = Request::builder()
+            .method("PUT")
+            .uri(wire::SHARDS_PATH)
+            .header(header::CONTENT_LENGTH, "99999999999")
+            .body(never)
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            json["error"].as_str().unwrap().contains("over the"),
+            "{json}"
+        );
     }
 
     #[tokio::test]

@@ -42,6 +42,12 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_CAPACITY", default_value = "256MiB")]
     pub capacity: ByteSize,
 
+    /// Largest request body accepted: one shard frame, or one multi-get request.
+    /// Larger ones are refused with 413 before they are read. Must be at least the
+    /// masters' --max-value-size / k, plus 64KiB for the frame and key.
+    #[arg(long, env = "SHARDCACHE_MAX_REQUEST_SIZE", default_value = "16MiB")]
+    pub max_request_size: ByteSize,
+
     /// How often expired shards are swept out of memory.
     #[arg(long, env = "SHARDCACHE_SWEEP_INTERVAL", default_value = "1s")]
     pub sweep_interval: HumanDuration,
@@ -76,9 +82,12 @@ impl AuxConfig {
         Ok(())
     }
 
-    /// Largest request body the aux API accepts: one frame, which can never be
-    /// larger than the store.
+    /// Largest request body the aux API accepts: `--max-request-size`, and never
+    /// more than the store could hold.
     pub fn max_frame_bytes(&self) -> usize {
-        self.capacity.bytes().min(1 << 30) as usize
+        self.max_request_size
+            .bytes()
+            .min(self.capacity.bytes())
+            .min(1 << 30) as usize
     }
 }

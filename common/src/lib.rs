@@ -11,12 +11,14 @@
 //! - [`aux_client`]: the master's typed HTTP client for the aux node API ([`wire`]).
 //! - [`multi_get`]: the binary body of a batched shard read (many keys, one request).
 //! - [`units`]: byte sizes (`256MiB`) and durations (`500ms`) for configuration.
-//! - [`http_metrics`]: per-route HTTP request metrics and the `/metrics` text.
+//! - [`http_metrics`]: per-route HTTP request metrics and the `/metrics` text;
+//!   [`http_limits`]: request size and time limits in front of every route.
 //! - [`runtime`]: logging set-up and the shutdown signal shared by every binary.
 
 pub mod aux_client;
 pub mod codec;
 pub mod frame;
+pub mod http_limits;
 pub mod http_metrics;
 pub mod multi_get;
 pub mod ring;

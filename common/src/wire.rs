@@ -13,6 +13,10 @@
 //! | `GET /v1/membership`         | —         | 200 [`MembershipDoc`]; 404 none held yet     |
 //! | `PUT /v1/membership`         | [`MembershipDoc`] JSON | 204 stored; 409 a newer one is held |
 //! | `GET /health`                | —         | 200 [`AuxHealth`]                            |
+//!
+//! Every route answers 413 to a body declared or found larger than the node's
+//! `--max-request-size`, and 408 to a request not complete within 10 s
+//! ([`crate::http_limits`]).
 
 use std::collections::BTreeSet;
 

@@ -8,15 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, Method, Uri};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shardcache_common::http_metrics;
+use shardcache_common::{http_limits, http_metrics};
 
 use crate::cluster::ClusterReport;
 use crate::config::{MasterConfig, MAX_TTL_SECONDS};
@@ -25,6 +25,11 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
 use crate::metrics::ReadResult;
 use crate::repair::{RepairStatus, Repairer};
+
+/// Longest a request may take, reading its body included: far beyond any read or
+/// write (each shard call is bounded by `--shard-timeout`), so it only ever stops a
+/// client that sends its body slowly or not at all.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
 pub const VERSION_HEADER: &str = "shardcache-version";
@@ -83,11 +88,15 @@ pub fn app(state: AppState) -> Router {
         .route("/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            REQUEST_DEADLINE,
+            http_limits::deadline,
+        ))
         .layer(middleware::from_fn_with_state(
             state.limits.max_body_bytes,
-            reject_declared_oversize,
+            http_limits::refuse_declared_oversize,
         ))
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             state.data.metrics().http.clone(),
             http_metrics::track,
@@ -283,28 +292,6 @@ async fn remove_node(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let doc = state.data.cluster().remove_node(&id).await?;
     Ok(Json(json!({ "removed": id, "membership": doc })))
-}
-
-/// Answers 413 from the `Content-Length` header alone, before any of the body is read
-/// (a client sending `Expect: 100-continue`, as curl does for large uploads, then
-/// never sends it). Bodies without a length are cut off by `DefaultBodyLimit`.
-async fn reject_declared_oversize(
-    State(limit): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit as u64 => ApiError::PayloadTooLarge(format!(
-            "request body of {length} bytes is over the {limit}-byte limit"
-        ))
-        .into_response(),
-        _ => next.run(request).await,
-    }
 }
 
 async fn empty_key() -> ApiError {

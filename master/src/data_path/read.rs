@@ -14,7 +14,7 @@ use super::verdict::{self, SeenVersions, Verdict};
 use super::{DataPath, Found};
 use crate::cluster::{Node, ReadPlacement};
 use crate::error::ApiError;
-use crate::shards::frames;
+use crate::shards::frames::{self, Geometry};
 
 /// How often a read that found only partial versions (racing writers) is retried.
 const PARTIAL_READ_RETRIES: u32 = 4;
@@ -153,6 +153,19 @@ impl DataPath {
             match outcome {
                 Ok(Some(frame)) if frame.key != key => {
                     tracing::warn!(node = %node.id, held = %frame.key, "aux node answered with another key's shard");
+                    seen.add_failure();
+                }
+                // Only shards this cluster writes are decoded: a frame claiming
+                // another geometry (say k = 1, a whole value in one shard) is not
+                // trusted to stand for the key.
+                Ok(Some(frame)) if Geometry::of_frame(&frame) != Geometry::of(&self.codec) => {
+                    tracing::warn!(
+                        node = %node.id,
+                        key,
+                        k = frame.data_shards,
+                        m = frame.parity_shards,
+                        "aux node answered with a shard of a geometry this master does not write"
+                    );
                     seen.add_failure();
                 }
                 Ok(Some(frame)) if frame.is_expired(now_ms) => seen.add_none(node),

@@ -4,7 +4,9 @@
 //! here, so every frame a master writes has the same shape.
 //!
 //! Frames carry their own geometry: shards written under another `k`/`m` (by a
-//! cluster since reconfigured) decode and rebuild with a codec of their own.
+//! cluster since reconfigured) decode and rebuild with a codec of their own. Reads
+//! only ever pass frames of the master's own geometry (`data_path::read`); repair
+//! may meet others.
 
 use bytes::Bytes;
 use shardcache_common::codec::{value_checksum, Codec, CodecError};
@@ -23,6 +25,13 @@ impl Geometry {
         Geometry {
             data_shards: codec.data_shards(),
             parity_shards: codec.parity_shards(),
+        }
+    }
+
+    pub fn of_frame(frame: &ShardFrame) -> Self {
+        Geometry {
+            data_shards: frame.data_shards,
+            parity_shards: frame.parity_shards,
         }
     }
 

@@ -1,0 +1,112 @@
+//! The aux port refuses what it cannot hold, and masters do not trust what aux
+//! nodes answer: a declared oversize body is refused before a byte of it is read
+//! (no `100 Continue`), a body that never comes is given up on, and a well-formed
+//! frame claiming a geometry the cluster does not write is never served as a value.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shardcache_common::frame::ShardFrame;
+use shardcache_common::version::Version;
+use shardcache_common::wire;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::TestCluster;
+
+/// Sends `head` to aux node 0 and returns its first response line, and how long it
+/// took; a response that does not come within `patience` fails the test.
+async fn first_line(cluster: &TestCluster, head: &str, patience: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(cluster.cluster.aux[0].addr)
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = vec![0u8; 4096];
+    let read = tokio::time::timeout(patience, stream.read(&mut response))
+        .await
+        .expect("the aux node answered in time")
+        .unwrap();
+    let line = String::from_utf8_lossy(&response[..read])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (line, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_stalled_bodies_are_refused_promptly_on_the_aux_port() {
+    let cluster = TestCluster::start();
+    for path in [wire::SHARDS_PATH, wire::MULTI_GET_PATH] {
+        let method = if path == wire::SHARDS_PATH {
+            "PUT"
+        } else {
+            "POST"
+        };
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: aux\r\nContent-Length: 99999999999\r\n\
+             Expect: 100-continue\r\n\r\n"
+        );
+        let (line, took) = first_line(&cluster, &head, Duration::from_secs(5)).await;
+        assert!(line.contains(" 413 "), "{method} {path}: {line}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{method} {path} took {took:?}"
+        );
+    }
+    // Ten bytes announced, none sent: the request deadline (10 s) ends it.
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: aux\r\nContent-Length: 10\r\n\r\n",
+        wire::SHARDS_PATH
+    );
+    let (line, took) = first_line(&cluster, &head, Duration::from_secs(15)).await;
+    assert!(line.contains(" 408 "), "{line}");
+    assert!(took >= Duration::from_secs(9), "gave up after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_frame_claiming_another_geometry_is_never_served() {
+    let cluster = TestCluster::start();
+    let key = "forged";
+    assert_eq!(cluster.set(key, "the real value").await.0, 200);
+    cluster.wait_for_aux_items(5).await;
+    // A newer version on one owner, in the 1+0 geometry: a whole value in one
+    // shard, with a consistent checksum. It decodes, if anyone lets it.
+    let forged_value = b"a forged value".to_vec();
+    let forged = ShardFrame {
+        key: key.into(),
+        version: Version {
+            timestamp: u64::MAX / 2,
+            writer: 7,
+        },
+        tombstone: false,
+        shard_index: 0,
+        data_shards: 1,
+        parity_shards: 0,
+        expires_at_ms: 0,
+        value_len: forged_value.len() as u64,
+        value_checksum: shardcache_common::codec::value_checksum(&forged_value),
+        payload: Bytes::from(forged_value),
+    };
+    let owner = cluster.owners(key)[0];
+    let addr = cluster.cluster.aux[owner].addr;
+    let stored = cluster
+        .http
+        .put(format!("http://{addr}{}", wire::SHARDS_PATH))
+        .body(forged.encode())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.status(),
+        204,
+        "the aux node took the well-formed frame"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            cluster.value(key).await.as_deref(),
+            Some("the real value"),
+            "a frame of a geometry the master does not write was served"
+        );
+    }
+}
