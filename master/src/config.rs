@@ -68,6 +68,12 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_REPAIR_INTERVAL", default_value = "10m")]
     pub repair_interval: HumanDuration,
 
+    /// Age after which repair drops a version that never reached k shards (a write
+    /// that died half-way), so that the newest readable version gets back to k+m
+    /// shards. Longer than any write takes, plus the masters' clock skew.
+    #[arg(long, env = "SHARDCACHE_REPAIR_ABANDON_AFTER", default_value = "60s")]
+    pub repair_abandon_after: HumanDuration,
+
     /// Keys repaired at once: higher repairs faster, lower leaves more of the
     /// machine to client requests.
     #[arg(long, env = "SHARDCACHE_REPAIR_CONCURRENCY", default_value_t = 4)]

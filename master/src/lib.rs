@@ -110,6 +110,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         lease_ttl: (config.probe_interval.0 * 10).max(Duration::from_secs(10)),
         retry: config.probe_interval.0,
         ignore_lease: config.repair_ignore_lease,
+        abandon_after: config.repair_abandon_after.0,
     };
     let repairer = Arc::new(Repairer::new(cluster, shards, codec, repair_settings));
     Ok(AppState {

@@ -476,3 +476,85 @@ async fn with_the_lease_only_one_master_repairs() {
         .count();
     assert_eq!((standby, repaired), (1, 1), "{states:?}");
 }
+
+/// A write that died half-way (2 of 5 shards landed, as when its master is killed
+/// mid fan-out) leaves the acknowledged value before it at exactly `k` shards, one
+/// failure from loss. The next repair pass, once that partial write is older than
+/// `--repair-abandon-after`, drops it and brings the acknowledged value back to
+/// `k + m`; then one more owner fails and the value still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_protects_the_value_behind_a_write_that_died_half_way() {
+    let mut cluster = TestCluster::start_with(|spec| {
+        spec.master_args
+            .extend(["--repair-abandon-after".into(), "1s".into()]);
+    });
+    let key = "behind a dead write";
+    assert_eq!(cluster.set(key, "acknowledged").await.0, StatusCode::OK);
+    cluster.wait_for_aux_items(SHARDS_PER_KEY).await;
+    let owners = cluster.owners(key);
+
+    // Shards 0 and 1 of a newer write, on the owners of rank 0 and 1.
+    let codec = shardcache_common::codec::Codec::new(3, 2).unwrap();
+    let value = b"never acknowledged".to_vec();
+    let version = shardcache_common::version::Version {
+        timestamp: unix_millis() << 16,
+        writer: 0xdead,
+    };
+    for (rank, shard) in codec.encode(&value).into_iter().enumerate().take(2) {
+        let frame = shardcache_common::frame::ShardFrame {
+            key: key.into(),
+            version,
+            tombstone: false,
+            shard_index: rank as u8,
+            data_shards: 3,
+            parity_shards: 2,
+            expires_at_ms: 0,
+            value_len: value.len() as u64,
+            value_checksum: shardcache_common::codec::value_checksum(&value),
+            payload: shard.into(),
+        };
+        let addr = cluster.cluster.aux[owners[rank]].addr;
+        let stored = cluster
+            .http
+            .put(format!(
+                "http://{addr}{}",
+                shardcache_common::wire::SHARDS_PATH
+            ))
+            .body(frame.encode())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stored.status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(cluster.value(key).await.as_deref(), Some("acknowledged"));
+
+    // A placement change that does not touch the key's owners starts a pass.
+    let bystander = (0..6).find(|aux| !owners.contains(aux)).unwrap();
+    let epoch = cluster.placement_epoch().await;
+    cluster.cluster.aux[bystander].kill();
+    let view = cluster.wait_for_repair_after(epoch).await;
+    let totals = &view["repair"]["totals"];
+    assert!(totals["shards_deleted"].as_u64() >= Some(2), "{totals}");
+    let mut holders = 0;
+    for &aux in &owners {
+        let addr = cluster.cluster.aux[aux].addr;
+        let path = shardcache_common::wire::shard_path(key);
+        let response = cluster
+            .http
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            let frame =
+                shardcache_common::frame::ShardFrame::decode(response.bytes().await.unwrap())
+                    .unwrap();
+            holders += usize::from(frame.version != version);
+        }
+    }
+    assert_eq!(holders, 5, "every owner holds the acknowledged value again");
+
+    // One more failure among the value's original holders.
+    cluster.cluster.aux[owners[2]].kill();
+    assert_eq!(cluster.value(key).await.as_deref(), Some("acknowledged"));
+}

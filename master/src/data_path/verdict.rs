@@ -7,6 +7,10 @@
 //! A GET answers **503** when:
 //! - fewer owners answered than a miss needs ([`ReadFloors::miss`]), or an owner
 //!   failed while only partial versions were seen: the missing shards may be there;
+//! - a version newer than the newest decodable one is partial, and with the shards
+//!   that nodes which failed or are down may hold it could have reached the write
+//!   quorum: it may be an acknowledged write whose value the older one would wrongly
+//!   stand for (a write still in flight, or one that died half-way, never could);
 //! - as many of the key's owners are down as a write needs: every shard of an
 //!   acknowledged write may be on them;
 //! - after the retries, only partial versions were seen and the down owners may hold
@@ -185,6 +189,13 @@ impl Verdict {
 pub fn verdict(seen: &SeenVersions, floors: ReadFloors) -> Verdict {
     // The most shards any undecodable version has, and how many it needs.
     let mut partial: Option<(usize, usize)> = None;
+    // Whether the owners that did not answer may hold the rest of a partial version.
+    let may_complete =
+        |(most, needed): (usize, usize)| seen.failures > 0 || most + seen.down_owners >= needed;
+    // Whether a partial version may be an acknowledged write: `W` owners stored it,
+    // and those that did not answer (or are down) could be the ones missing.
+    let may_be_acknowledged =
+        |(most, _): (usize, usize)| most + seen.failures + seen.down_owners >= floors.write_quorum;
     for (version, shards) in seen.versions.iter().rev() {
         if shards.tombstone {
             return Verdict::Deleted(*version);
@@ -193,6 +204,13 @@ pub fn verdict(seen: &SeenVersions, floors: ReadFloors) -> Verdict {
             let (most, needed) = partial.unwrap_or((0, shards.needed()));
             partial = Some((most.max(shards.frames.len()), needed));
             continue;
+        }
+        if partial.is_some_and(may_be_acknowledged) {
+            return Verdict::Unavailable(format!(
+                "a newer version than {version} has too few shards to read, and {} failed \
+                 and {} of its owners are down",
+                seen.failures, seen.down_owners
+            ));
         }
         return Verdict::Decode(*version);
     }
@@ -209,8 +227,8 @@ pub fn verdict(seen: &SeenVersions, floors: ReadFloors) -> Verdict {
         ));
     }
     match partial {
-        Some((most, needed)) => Verdict::Partial {
-            recoverable: most + seen.down_owners >= needed,
+        Some(partial) => Verdict::Partial {
+            recoverable: may_complete(partial),
         },
         None => Verdict::Absent,
     }
@@ -364,10 +382,31 @@ mod tests {
                 Verdict::Decode(version(5)),
             ),
             (
-                "a newer partial version falls back to an older decodable one",
+                "a newer partial version nobody can complete falls back to an older one",
                 vec![Shard(6, 0), Shard(5, 1), Shard(5, 2), Shard(5, 3), None],
                 0,
                 Verdict::Decode(version(5)),
+            ),
+            (
+                "a newer partial version too small to be acknowledged, with a failure",
+                vec![Shard(6, 0), Shard(5, 1), Shard(5, 2), Shard(5, 3), Failed],
+                0,
+                Verdict::Decode(version(5)),
+            ),
+            (
+                "a newer partial version that down owners may make a quorum",
+                vec![
+                    Shard(6, 0),
+                    Shard(6, 1),
+                    Shard(5, 2),
+                    Shard(5, 3),
+                    Shard(5, 4),
+                ],
+                2,
+                unavailable(
+                    "a newer version than 0000000000000005-0000000000000001 has too few \
+                     shards to read, and 0 failed and 2 of its owners are down",
+                ),
             ),
             (
                 "nothing anywhere is absent",

@@ -8,40 +8,56 @@ use shardcache_common::frame::ShardFrame;
 use shardcache_common::version::Version;
 use shardcache_common::wire::InventoryEntry;
 
-use super::plan::{self, Holding, KeyPlan, Placement, Source};
+use super::plan::{self, Abandon, Holding, KeyPlan, Placement, Source};
 use super::PassCounts;
 use crate::cluster::View;
 use crate::shards::frames::{self, Geometry};
 use crate::shards::ShardClient;
 
-/// What a key's repair needs: the shard client and the default codec.
+/// What a key's repair needs: the shard client, the default codec, and when a
+/// partial version counts as abandoned.
 pub struct Apply<'a> {
     pub shards: &'a ShardClient,
     pub codec: &'a Codec,
+    pub abandon: Abandon,
 }
 
 impl Apply<'_> {
     /// Brings one key to `k + m` distinct shards of its newest version on its
     /// owners, then deletes its shards elsewhere.
-    pub async fn repair_key(&self, view: &View, key: &str, holdings: Vec<Holding>) -> PassCounts {
+    pub async fn repair_key(
+        &self,
+        view: &View,
+        key: &str,
+        mut holdings: Vec<Holding>,
+    ) -> PassCounts {
         let mut counts = PassCounts {
             keys_scanned: 1,
             ..PassCounts::default()
         };
-        let (newest, placements, strays) =
-            match plan::plan(&holdings, |total| view.owners(key, total)) {
-                KeyPlan::Healthy => return counts,
+        // At most one abandoned version per round; a key has few versions.
+        let (newest, placements, strays) = loop {
+            match plan::plan(&holdings, |total| view.owners(key, total), self.abandon) {
+                KeyPlan::Healthy | KeyPlan::InFlight => return counts,
                 KeyPlan::Unreadable => {
                     counts.keys_repaired = 1;
                     counts.keys_unreadable = 1;
                     return counts;
                 }
+                KeyPlan::DropAbandoned { version, holders } => {
+                    counts.keys_repaired = 1;
+                    if !self.drop_version(key, version, &holders, &mut counts).await {
+                        return counts;
+                    }
+                    holdings.retain(|(_, entry)| entry.version != version);
+                }
                 KeyPlan::Repair {
                     newest,
                     placements,
                     strays,
-                } => (newest, placements, strays),
-            };
+                } => break (newest, placements, strays),
+            }
+        };
         counts.keys_repaired = 1;
         if !self
             .place(key, &newest, &holdings, &placements, &mut counts)
@@ -60,6 +76,32 @@ impl Apply<'_> {
             }
         }
         counts
+    }
+
+    /// Deletes an abandoned version's shards from its holders (each only if it is
+    /// still that version or older). True when every one of them is gone.
+    async fn drop_version(
+        &self,
+        key: &str,
+        version: Version,
+        holders: &[crate::cluster::Node],
+        counts: &mut PassCounts,
+    ) -> bool {
+        tracing::info!(key, %version, holders = holders.len(), "dropping a write that never reached k shards");
+        let mut all_gone = true;
+        for holder in holders {
+            match self.shards.delete(holder, key, version).await {
+                Ok(PutOutcome::Stored) => counts.shards_deleted += 1,
+                // A newer write landed there meanwhile: the next pass looks again.
+                Ok(PutOutcome::Superseded(_)) => all_gone = false,
+                Err(error) => {
+                    tracing::debug!(key, node = %holder.id, %error, "could not drop an abandoned shard");
+                    counts.failures += 1;
+                    all_gone = false;
+                }
+            }
+        }
+        all_gone
     }
 
     /// Puts every placement's shard on its owner. True when all of them now hold it.

@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{Cluster, View};
 use crate::shards::ShardClient;
 use apply::Apply;
+use plan::Abandon;
 use scan::Inventories;
 pub use status::{PassCounts, PassReport, RepairState, RepairStatus};
 
@@ -67,6 +68,8 @@ pub struct RepairSettings {
     pub retry: Duration,
     /// Repair without the lease (tests only).
     pub ignore_lease: bool,
+    /// Age past which a version too partial to read is abandoned (see `plan`).
+    pub abandon_after: Duration,
 }
 
 /// The repair worker of one master.
@@ -177,9 +180,13 @@ impl Repairer {
                     last_pass_at = Some(Instant::now());
                     let report = self.pass(&view, &stop).await;
                     let finished_clean = report.aborted.is_none() && report.counts.failures == 0;
-                    if finished_clean {
+                    if finished_clean && report.counts.keys_unreadable == 0 {
                         *self.clean_epoch.lock() = Some(view.epoch);
                         wait = self.settings.lease_ttl / 3;
+                    } else if finished_clean {
+                        // Only versions that may still be in flight are left: look
+                        // again once they would count as abandoned, not every retry.
+                        wait = self.settings.abandon_after.min(self.settings.interval);
                     }
                     self.finish_pass(report);
                 }
@@ -283,10 +290,15 @@ impl Repairer {
             }
             let (shards, codec, view_for_key) =
                 (self.shards.clone(), self.codec.clone(), view.clone());
+            let abandon = Abandon {
+                now_ms: unix_millis(),
+                after_ms: self.settings.abandon_after.as_millis() as u64,
+            };
             work.spawn(async move {
                 let apply = Apply {
                     shards: &shards,
                     codec: &codec,
+                    abandon,
                 };
                 apply
                     .repair_key(&view_for_key, &next.key, next.holdings)

@@ -9,11 +9,20 @@
 //! key but do not own it are **strays**: their copies are deleted, but only once
 //! every placement succeeded, so a key never has fewer shards than before.
 //!
-//! A newest version with fewer than `k` distinct shards anywhere cannot be rebuilt:
-//! the plan says **unreadable** and changes nothing.
+//! A newest version with fewer than `k` distinct shards anywhere cannot be rebuilt.
+//! By its age (the version's timestamp) it is one of three things:
+//! - **in flight** (younger than [`IN_FLIGHT_MS`]): a write still landing, which a
+//!   pass under write load always meets; left alone, and no mark against the pass;
+//! - **unreadable** (older, but younger than `--repair-abandon-after`): maybe a
+//!   write that died half-way; left alone for now, and the pass is not complete;
+//! - **abandoned** (older still — no write takes that long): its shards are deleted
+//!   and the key is planned again without it, so the newest version that is
+//!   readable gets back to `k + m` shards instead of staying one failure from loss
+//!   behind a write that died half-way.
 
 use std::collections::HashSet;
 
+use shardcache_common::version::Version;
 use shardcache_common::wire::InventoryEntry;
 
 use crate::cluster::Node;
@@ -45,8 +54,18 @@ pub struct Placement {
 pub enum KeyPlan {
     /// Every owner holds a distinct index of the newest version; no strays.
     Healthy,
-    /// The newest version has fewer than `k` distinct shards: nothing can be done.
+    /// The newest version has fewer than `k` distinct shards and is young enough
+    /// to be a write still landing: nothing to do.
+    InFlight,
+    /// The newest version has fewer than `k` distinct shards and may be a write
+    /// that died half-way: nothing is done yet, and the pass is not complete.
     Unreadable,
+    /// The newest version has fewer than `k` distinct shards and is past the
+    /// abandon bound: delete it from `holders`, then plan the key again without it.
+    DropAbandoned {
+        version: Version,
+        holders: Vec<Node>,
+    },
     /// Shards to place, then strays to delete (only if every placement succeeds).
     Repair {
         newest: InventoryEntry,
@@ -55,11 +74,34 @@ pub enum KeyPlan {
     },
 }
 
+/// Below this age a version too partial to read is taken for a write in flight:
+/// a write takes at most two rounds of `--shard-timeout`, and masters' clocks may
+/// differ by a few seconds.
+pub const IN_FLIGHT_MS: u64 = 10_000;
+
+/// When a version too partial to read counts as abandoned (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct Abandon {
+    pub now_ms: u64,
+    /// Age, by its timestamp, past which a version is abandoned.
+    pub after_ms: u64,
+}
+
+impl Abandon {
+    fn age_ms(self, version: Version) -> u64 {
+        self.now_ms.saturating_sub(version.timestamp >> 16)
+    }
+}
+
 /// The plan for a key held as `holdings` (every node's entry for it, from the
 /// inventories) and owned by `owners` (its first `k + m` nodes, in rank order).
 /// `owners_for` gives the owners for a geometry's shard count (the newest version
 /// may have been written under another `k`/`m`).
-pub fn plan(holdings: &[Holding], owners_for: impl FnOnce(usize) -> Vec<Node>) -> KeyPlan {
+pub fn plan(
+    holdings: &[Holding],
+    owners_for: impl FnOnce(usize) -> Vec<Node>,
+    abandon: Abandon,
+) -> KeyPlan {
     let Some(newest) = holdings
         .iter()
         .map(|(_, entry)| entry)
@@ -108,7 +150,20 @@ pub fn plan(holdings: &[Holding], owners_for: impl FnOnce(usize) -> Vec<Node>) -
         .collect();
     if !lacking.is_empty() && !newest.tombstone && distinct.len() < usize::from(newest.data_shards)
     {
-        return KeyPlan::Unreadable;
+        let age_ms = abandon.age_ms(newest.version);
+        return if age_ms > abandon.after_ms {
+            KeyPlan::DropAbandoned {
+                version: newest.version,
+                holders: newest_holders
+                    .iter()
+                    .map(|(node, _)| node.clone())
+                    .collect(),
+            }
+        } else if age_ms > IN_FLIGHT_MS {
+            KeyPlan::Unreadable
+        } else {
+            KeyPlan::InFlight
+        };
     }
     let missing = (0..total as u8).filter(|index| newest.tombstone || !claimed.contains(index));
     let placements = lacking
@@ -169,6 +224,19 @@ mod tests {
         holds(n, timestamp, index, false)
     }
 
+    /// Versions here are stamped at 0 ms; "now" is 1 s later.
+    const RECENT: Abandon = Abandon {
+        now_ms: 1_000,
+        after_ms: 60_000,
+    };
+
+    fn at(now_ms: u64) -> Abandon {
+        Abandon {
+            now_ms,
+            after_ms: 60_000,
+        }
+    }
+
     /// Owners are aux-0..aux-4 (5 = k+m).
     fn owners(total: usize) -> Vec<Node> {
         (0..total).map(node).collect()
@@ -197,9 +265,9 @@ mod tests {
     #[test]
     fn every_owner_holding_a_distinct_index_needs_nothing() {
         let holdings: Vec<Holding> = (0..5).map(|n| shard(n, 9, n as u8)).collect();
-        assert_eq!(plan(&holdings, owners), KeyPlan::Healthy);
+        assert_eq!(plan(&holdings, owners, RECENT), KeyPlan::Healthy);
         assert_eq!(
-            plan(&[], owners),
+            plan(&[], owners, RECENT),
             KeyPlan::Healthy,
             "no holder: nothing to do"
         );
@@ -215,7 +283,7 @@ mod tests {
             shard(3, 9, 3),
             shard(6, 9, 4),
         ];
-        let plan = plan(&holdings, owners);
+        let plan = plan(&holdings, owners, RECENT);
         let from = node(6);
         assert_eq!(
             placements(&plan),
@@ -233,7 +301,7 @@ mod tests {
             shard(2, 9, 2),
             shard(3, 8, 3),
         ];
-        let plan = plan(&holdings, owners);
+        let plan = plan(&holdings, owners, RECENT);
         assert_eq!(
             placements(&plan),
             [(3, 3, Source::Rebuild), (4, 4, Source::Rebuild)]
@@ -250,7 +318,7 @@ mod tests {
             shard(3, 9, 3),
             shard(4, 9, 4),
         ];
-        let plan = plan(&holdings, owners);
+        let plan = plan(&holdings, owners, RECENT);
         assert_eq!(placements(&plan), [(1, 1, Source::Rebuild)]);
     }
 
@@ -262,7 +330,7 @@ mod tests {
             shard(2, 8, 2),
             holds(7, 9, 3, true),
         ];
-        let plan = plan(&holdings, owners);
+        let plan = plan(&holdings, owners, RECENT);
         assert_eq!(
             placements(&plan),
             [
@@ -275,7 +343,8 @@ mod tests {
     }
 
     #[test]
-    fn a_newest_version_below_k_shards_is_unreadable_and_changes_nothing() {
+    fn a_partial_newest_version_is_in_flight_then_unreadable_then_dropped() {
+        // A write that died after 2 of 5 shards; the acknowledged one before it has 3.
         let holdings = vec![
             shard(0, 9, 0),
             shard(1, 9, 1),
@@ -283,7 +352,23 @@ mod tests {
             shard(3, 8, 3),
             shard(4, 8, 4),
         ];
-        assert_eq!(plan(&holdings, owners), KeyPlan::Unreadable);
+        assert_eq!(plan(&holdings, owners, RECENT), KeyPlan::InFlight);
+        assert_eq!(plan(&holdings, owners, at(30_000)), KeyPlan::Unreadable);
+        let later = at(61_000);
+        let KeyPlan::DropAbandoned { version, holders } = plan(&holdings, owners, later) else {
+            panic!("past the bound the partial version is abandoned");
+        };
+        assert_eq!((version.timestamp, holders), (9, vec![node(0), node(1)]));
+        // Planned again without it: the older version goes back to every owner.
+        let rest: Vec<Holding> = holdings
+            .into_iter()
+            .filter(|(_, entry)| entry.version != version)
+            .collect();
+        let plan = plan(&rest, owners, later);
+        assert_eq!(
+            placements(&plan),
+            [(0, 0, Source::Rebuild), (1, 1, Source::Rebuild)]
+        );
     }
 
     #[test]
@@ -291,7 +376,7 @@ mod tests {
         let mut holdings: Vec<Holding> = (0..5).map(|n| shard(n, 9, n as u8)).collect();
         holdings.push(shard(5, 9, 2));
         holdings.push(shard(6, 7, 1));
-        let plan = plan(&holdings, owners);
+        let plan = plan(&holdings, owners, RECENT);
         assert!(placements(&plan).is_empty());
         assert_eq!(strays(&plan), [node(5), node(6)]);
     }
@@ -305,7 +390,7 @@ mod tests {
             entry.1.data_shards = 1;
             entry.1.shard_index = n as u8;
         }
-        let plan = plan(&holdings, owners);
+        let plan = plan(&holdings, owners, RECENT);
         assert!(placements(&plan).is_empty());
         assert_eq!(strays(&plan), [node(3), node(4)]);
     }
