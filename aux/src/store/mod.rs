@@ -297,7 +297,7 @@ impl Inner {
         }
         // Eviction may move or drop the held entry: look it up again after it.
         self.make_room(len, now_ms);
-        let Some(new_location) = self.append_frame(frame, len) else {
+        let Some((new_location, written)) = self.append_frame(frame, now_ms) else {
             return PutResult::TooLarge;
         };
         match self.find(tag, &frame.key) {
@@ -309,7 +309,7 @@ impl Inner {
         }
         self.stats.items += 1;
         self.stats.tombstones += u64::from(frame.tombstone);
-        self.stats.record_bytes += len as u64;
+        self.stats.record_bytes += written as u64;
         self.generation += 1;
         self.refresh_memory_stats();
         // The index may have grown: hold the bound by evicting the oldest.
@@ -317,30 +317,25 @@ impl Inner {
         PutResult::Stored
     }
 
-    /// Appends `frame`'s record, evicting more when no segment can be had.
-    fn append_frame(&mut self, frame: &ShardFrame, len: usize) -> Option<u64> {
+    /// Appends `frame`'s record, evicting more when no segment can be had; returns
+    /// its location and length (`record::len_of`, or 12 bytes more with an inline
+    /// shape).
+    fn append_frame(&mut self, frame: &ShardFrame, now_ms: u64) -> Option<(u64, usize)> {
         self.scratch.clear();
         let written = record::append(frame, &mut self.shapes, &mut self.scratch);
-        debug_assert_eq!(written, len, "len_of agrees with append");
         let location = loop {
             if let Some(location) = self.segments.append(&self.scratch) {
                 break location;
             }
-            if !self.empty_oldest(u64::MAX) {
+            if !self.empty_oldest(now_ms) {
                 return None;
             }
         };
         if self.scratch.capacity() > SCRATCH_KEPT_BYTES {
             self.scratch = Vec::new();
         }
-        if frame.expires_at_ms != 0 {
-            let segment = self
-                .segments
-                .get_segment_mut(segment_of(location))
-                .expect("just appended to");
-            segment.next_expiry_ms = segment.next_expiry_ms.min(frame.expires_at_ms);
-        }
-        Some(location)
+        self.segments.note_expiry(location, frame.expires_at_ms);
+        Some((location, written))
     }
 
     fn get_into(&mut self, key: &str, now_ms: u64, out: &mut Vec<u8>) -> bool {
@@ -443,6 +438,7 @@ impl Inner {
             .is_some_and(|segment| segment.live_records == 0);
         if empty && !self.segments.is_open(id) {
             self.segments.take(id);
+            self.segments.recycle(id);
             self.refresh_memory_stats();
         }
     }
@@ -511,6 +507,7 @@ impl Inner {
             self.move_record(&segment.data[start..offset], &view, position);
         }
         drop(segment);
+        self.segments.recycle(id);
         self.refresh_memory_stats();
     }
 
@@ -522,13 +519,7 @@ impl Inner {
             self.count_dropped(view, Removal::Evicted);
             return;
         };
-        if view.expires_at_ms != 0 {
-            let segment = self
-                .segments
-                .get_segment_mut(segment_of(new_location))
-                .expect("just appended to");
-            segment.next_expiry_ms = segment.next_expiry_ms.min(view.expires_at_ms);
-        }
+        self.segments.note_expiry(new_location, view.expires_at_ms);
         self.index.relocate(position, new_location);
     }
 
@@ -555,6 +546,7 @@ impl Inner {
             self.stats.items -= u64::from(segment.live_records);
             self.stats.record_bytes -= segment.live_bytes as u64;
             self.forget_segment_in_index(id);
+            self.segments.recycle(id);
             self.generation += 1;
             self.refresh_memory_stats();
         }

@@ -213,6 +213,17 @@ impl Segments {
         Some(id)
     }
 
+    /// Notes that the record at `location` expires at `expires_at_ms` (0: never),
+    /// so the sweeper knows when its segment needs a look.
+    pub fn note_expiry(&mut self, location: u64, expires_at_ms: u64) {
+        if expires_at_ms == 0 {
+            return;
+        }
+        if let Some(segment) = self.get_segment_mut(segment_of(location)) {
+            segment.next_expiry_ms = segment.next_expiry_ms.min(expires_at_ms);
+        }
+    }
+
     /// The oldest segment, to empty next.
     pub fn oldest(&self) -> Option<u32> {
         self.fifo.front().copied()
@@ -228,16 +239,23 @@ impl Segments {
     }
 
     /// Takes a segment out (no more appends go to it) and gives its memory back to
-    /// the accounting; the caller drops it once done reading it.
+    /// the accounting; the caller drops it once done reading it, then hands its id
+    /// back with [`recycle`](Self::recycle). Until then no new segment gets the id,
+    /// so the taken segment's locations cannot be confused with new ones.
     pub fn take(&mut self, id: u32) -> Option<Segment> {
         let segment = self.slab.get_mut(id as usize)?.take()?;
         if self.open == Some(id) {
             self.open = None;
         }
         self.fifo.retain(|&held| held != id);
-        self.free_ids.push(id);
         self.allocated -= segment.data.capacity();
         Some(segment)
+    }
+
+    /// Makes the id of a segment [`take`](Self::take)n out usable again.
+    pub fn recycle(&mut self, id: u32) {
+        debug_assert!(self.slab[id as usize].is_none());
+        self.free_ids.push(id);
     }
 
     pub fn get_segment(&self, id: u32) -> Option<&Segment> {
