@@ -8,7 +8,7 @@ use shardcache_common::units::{ByteSize, HumanDuration};
 /// The store addresses 65,535 segments of at most 1 MiB.
 const MAX_CAPACITY: u64 = 64 << 30;
 
-/// A shardcache aux node: holds shards in a byte-bounded LRU with TTL.
+/// A shardcache aux node: holds shards in a byte-bounded store with TTL.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "shardcache-aux", version)]
 pub struct AuxConfig {

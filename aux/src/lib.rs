@@ -1,4 +1,4 @@
-//! shardcache aux node: keeps shards in a byte-bounded LRU with TTL and serves them
+//! shardcache aux node: keeps shards in a byte-bounded store with TTL and serves them
 //! to masters over a small binary-over-HTTP API.
 //!
 //! # Layout

@@ -67,7 +67,7 @@ impl AuxMetrics {
             capacity: r.gauge("store_capacity_bytes", "The --capacity limit.")?,
             evictions: r.counter(
                 "store_evictions_total",
-                "Shards evicted (least recently used first) to stay within capacity.",
+                "Shards evicted (oldest segment first, shards read since kept) to stay within capacity.",
             )?,
             expirations: r.counter(
                 "store_expirations_total",
