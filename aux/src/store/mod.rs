@@ -26,11 +26,17 @@
 //! - A record whose bytes changed after it was written is never served: reads check
 //!   its checksum, drop it and count it in `corrupt_records`.
 //!
+//! Files: this one holds the store's API, writes, reads and accounting; `evict`
+//! makes room and reclaims it; `listing` reads without changing anything
+//! (inventory, snapshot walk); `record`, `segments` and `index` are the parts.
+//!
 //! Time is passed in (`now_ms`, Unix milliseconds) rather than read here, so tests
 //! control the clock exactly. The mutex is `parking_lot`'s and is never held across
 //! an `.await` (every method is synchronous).
 
+mod evict;
 mod index;
+mod listing;
 mod record;
 mod segments;
 
@@ -443,250 +449,6 @@ impl Inner {
         }
     }
 
-    /// Evicts the oldest segments until a `len`-byte record fits in the capacity.
-    fn make_room(&mut self, len: usize, now_ms: u64) {
-        while self.stats.bytes + self.segments.bytes_needed(len) as u64 > self.stats.capacity_bytes
-        {
-            if !self.empty_oldest(now_ms) {
-                return;
-            }
-        }
-    }
-
-    fn evict_to_capacity(&mut self, now_ms: u64) {
-        while self.stats.bytes > self.stats.capacity_bytes && self.empty_oldest(now_ms) {}
-    }
-
-    fn empty_oldest(&mut self, now_ms: u64) -> bool {
-        match self.segments.oldest() {
-            Some(id) => {
-                self.empty_segment(id, Emptying::Evict, now_ms);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Takes segment `id` out and drops or moves each of its live records (see
-    /// [`Emptying`]); moved records keep their bytes (checksum included).
-    fn empty_segment(&mut self, id: u32, how: Emptying, now_ms: u64) {
-        let Some(segment) = self.segments.take(id) else {
-            return;
-        };
-        self.refresh_memory_stats();
-        let keep_budget = match how {
-            Emptying::Evict => segment.data.capacity() / 2,
-            Emptying::Compact => usize::MAX,
-        };
-        let mut kept = 0;
-        let mut offset = 0;
-        while offset < segment.data.len() {
-            let Ok(view) = RecordView::parse(&segment.data[offset..], &self.shapes) else {
-                // Unreadable: nothing after it can be found by scanning.
-                self.forget_segment_in_index(id);
-                break;
-            };
-            let start = offset;
-            offset += view.len;
-            let Some(position) = self.live_position(&view, segments::location(id, start)) else {
-                continue;
-            };
-            let keep = !view.is_expired(now_ms)
-                && kept + view.len <= keep_budget
-                && (how == Emptying::Compact || self.index.was_accessed(position));
-            if !keep {
-                self.index.remove(position);
-                let why = match view.is_expired(now_ms) {
-                    true => Removal::Expired,
-                    false => Removal::Evicted,
-                };
-                self.count_dropped(&view, why);
-                continue;
-            }
-            kept += view.len;
-            self.move_record(&segment.data[start..offset], &view, position);
-        }
-        drop(segment);
-        self.segments.recycle(id);
-        self.refresh_memory_stats();
-    }
-
-    /// Appends a copy of a live record's bytes and points its index slot at it.
-    fn move_record(&mut self, bytes: &[u8], view: &RecordView<'_>, position: usize) {
-        let Some(new_location) = self.segments.append(bytes) else {
-            // The kernel refused a mapping: the record is lost to the cache.
-            self.index.remove(position);
-            self.count_dropped(view, Removal::Evicted);
-            return;
-        };
-        self.segments.note_expiry(new_location, view.expires_at_ms);
-        self.index.relocate(position, new_location);
-    }
-
-    fn count_dropped(&mut self, view: &RecordView<'_>, why: Removal) {
-        self.stats.items -= 1;
-        self.stats.tombstones -= u64::from(view.is_tombstone());
-        self.stats.record_bytes -= view.len as u64;
-        self.generation += 1;
-        match why {
-            Removal::Expired => self.stats.expirations += 1,
-            _ => self.stats.evictions += 1,
-        }
-    }
-
-    /// Drops a segment whose records cannot be read (never expected: the store
-    /// wrote them), with every index entry pointing into it.
-    fn drop_segment(&mut self, id: u32) {
-        if let Some(segment) = self.segments.take(id) {
-            tracing::error!(
-                segment = id,
-                "a store segment is unreadable; dropping its shards"
-            );
-            self.stats.corrupt_records += u64::from(segment.live_records);
-            self.stats.items -= u64::from(segment.live_records);
-            self.stats.record_bytes -= segment.live_bytes as u64;
-            self.forget_segment_in_index(id);
-            self.segments.recycle(id);
-            self.generation += 1;
-            self.refresh_memory_stats();
-        }
-    }
-
-    fn forget_segment_in_index(&mut self, id: u32) {
-        let stale: Vec<u64> = self
-            .index
-            .locations()
-            .filter(|&location| segment_of(location) == id)
-            .collect();
-        for location in stale {
-            // The tag is unknown without the record: find the slot by location.
-            if let Some(position) = self.index.position_of(location) {
-                self.index.remove(position);
-            }
-        }
-        // Tombstone counts of unreadable records are unknown; recount them.
-        self.stats.tombstones = self.count_tombstones();
-    }
-
-    fn count_tombstones(&self) -> u64 {
-        self.index
-            .locations()
-            .filter_map(|location| self.view(location).ok())
-            .filter(|view| view.is_tombstone())
-            .count() as u64
-    }
-
-    fn sweep(&mut self, now_ms: u64, limit: usize) -> usize {
-        let expirations_before = self.stats.expirations;
-        let expiring: Vec<u32> = self.segments.expiring(now_ms).collect();
-        for id in expiring {
-            if (self.stats.expirations - expirations_before) as usize >= limit {
-                break;
-            }
-            self.expire_in(id, now_ms);
-        }
-        let sparse: Vec<u32> = self.segments.sparse().take(4).collect();
-        for id in sparse {
-            self.empty_segment(id, Emptying::Compact, now_ms);
-        }
-        self.index.shrink_if_sparse();
-        self.refresh_memory_stats();
-        (self.stats.expirations - expirations_before) as usize
-    }
-
-    /// Drops the expired records of one segment and notes its next expiry.
-    fn expire_in(&mut self, id: u32, now_ms: u64) {
-        let mut expired = Vec::new();
-        let mut next_expiry_ms = u64::MAX;
-        if let Some(segment) = self.segments.get_segment(id) {
-            let mut offset = 0;
-            while offset < segment.data.len() {
-                let Ok(view) = RecordView::parse(&segment.data[offset..], &self.shapes) else {
-                    break;
-                };
-                let location = segments::location(id, offset);
-                offset += view.len;
-                if view.expires_at_ms == 0 {
-                    continue;
-                }
-                let Some(position) = self.live_position(&view, location) else {
-                    continue;
-                };
-                if view.is_expired(now_ms) {
-                    expired.push((position, location));
-                } else {
-                    next_expiry_ms = next_expiry_ms.min(view.expires_at_ms);
-                }
-            }
-        }
-        if let Some(segment) = self.segments.get_segment_mut(id) {
-            segment.next_expiry_ms = next_expiry_ms;
-        }
-        // Last first: removing a slot shifts only the slots after it.
-        expired.sort_unstable_by_key(|&(position, _)| std::cmp::Reverse(position));
-        for (position, location) in expired {
-            self.remove_at(position, location, Removal::Expired);
-        }
-    }
-
-    fn inventory(
-        &self,
-        after: Option<(u64, &str)>,
-        limit: usize,
-        now_ms: u64,
-    ) -> Vec<InventoryEntry> {
-        let start_tag = after.map_or(0, |(point, _)| tag_of(point));
-        let mut page: Vec<InventoryEntry> = Vec::new();
-        let mut last_tag = 0;
-        self.index.scan_from(start_tag, |tag, location| {
-            // Every entry of the last tag taken must be seen before sorting.
-            if page.len() >= limit && tag > last_tag {
-                return false;
-            }
-            let Ok(view) = self.view(location) else {
-                return true;
-            };
-            let key = view.key_str();
-            let point = key_point(key);
-            let after_cursor = after.is_none_or(|cursor| (point, key) > cursor);
-            if after_cursor && !view.is_expired(now_ms) {
-                page.push(inventory_entry(&view, point));
-                last_tag = tag;
-            }
-            true
-        });
-        page.sort_unstable_by(|a, b| (a.point, &a.key).cmp(&(b.point, &b.key)));
-        page.truncate(limit);
-        page
-    }
-
-    fn snapshot_chunk(&self, after_seq: u64, now_ms: u64) -> Option<(u64, Vec<u8>, usize)> {
-        let (id, segment) = self
-            .segments
-            .ids()
-            .map(|id| (id, self.segments.get_segment(id).expect("listed")))
-            .find(|(_, segment)| segment.seq > after_seq)?;
-        let mut out = Vec::with_capacity(segment.live_bytes + segment.live_records as usize * 48);
-        let mut count = 0;
-        let mut offset = 0;
-        while offset < segment.data.len() {
-            let location = segments::location(id, offset);
-            let Ok(view) = self.view(location) else {
-                break;
-            };
-            offset += view.len;
-            let record = &segment.data[offset - view.len..offset];
-            let live = self.live_position(&view, location).is_some();
-            if !live || view.is_expired(now_ms) || view.verify(record).is_err() {
-                continue;
-            }
-            out.extend_from_slice(&(view.frame_len() as u32).to_be_bytes());
-            view.encode_frame(&mut out);
-            count += 1;
-        }
-        Some((segment.seq, out, count))
-    }
-
     fn refresh_memory_stats(&mut self) {
         let segment_bytes = self.segments.allocated() as u64;
         let index_bytes = self.index.bytes() as u64;
@@ -694,19 +456,6 @@ impl Inner {
         self.stats.index_bytes = index_bytes;
         self.stats.bytes = segment_bytes + index_bytes;
         self.stats.segments = self.segments.count() as u64;
-    }
-}
-
-fn inventory_entry(view: &RecordView<'_>, point: u64) -> InventoryEntry {
-    InventoryEntry {
-        key: view.key_str().to_owned(),
-        point,
-        version: view.version(),
-        shard_index: view.shape.shard_index,
-        data_shards: view.shape.data_shards,
-        parity_shards: view.shape.parity_shards,
-        tombstone: view.is_tombstone(),
-        expires_at_ms: view.expires_at_ms,
     }
 }
 
