@@ -48,6 +48,17 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_MAX_REQUEST_SIZE", default_value = "16MiB")]
     pub max_request_size: ByteSize,
 
+    /// Longest a client may take to send a request's headers before its connection
+    /// is closed. Keep it above the masters' pool idle time (30 s).
+    #[arg(long, env = "SHARDCACHE_HEADER_READ_TIMEOUT", default_value = "60s")]
+    pub header_read_timeout: HumanDuration,
+
+    /// Most client connections served at once; one more is closed as soon as it is
+    /// accepted. Masters keep a pool of connections to every aux node (up to 256
+    /// idle each), so leave room for all of them.
+    #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// How often expired shards are swept out of memory.
     #[arg(long, env = "SHARDCACHE_SWEEP_INTERVAL", default_value = "1s")]
     pub sweep_interval: HumanDuration,
@@ -75,6 +86,12 @@ impl AuxConfig {
         }
         if let Some(id) = &self.node_id {
             crate::identity::validate(id).map_err(|problem| format!("--node-id: {problem}"))?;
+        }
+        if self.header_read_timeout.0.is_zero() {
+            return Err("--header-read-timeout must be greater than zero".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
         }
         if self.sweep_interval.0.is_zero() {
             return Err("--sweep-interval must be greater than zero".into());

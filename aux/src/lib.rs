@@ -30,6 +30,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
+use shardcache_common::server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -101,9 +102,13 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         "aux node serving"
     );
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.requested());
+    let limits = server::ServerLimits {
+        header_read_timeout: config.header_read_timeout.0,
+        max_connections: config.max_connections,
+    };
+    let serving = server::serve(listener, app(state), limits, shutdown.requested());
     tokio::select! {
-        result = server => result.context("serve aux API")?,
+        () = serving => {}
         () = shutdown.drain_deadline() => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, exiting"),
     }
     shutdown.token().cancel();

@@ -13,7 +13,8 @@
 //! - [`units`]: byte sizes (`256MiB`) and durations (`500ms`) for configuration.
 //! - [`http_metrics`]: per-route HTTP request metrics and the `/metrics` text;
 //!   [`http_limits`]: request size and time limits in front of every route.
-//! - [`runtime`]: logging set-up and the shutdown signal shared by every binary.
+//! - [`runtime`]: logging set-up and the shutdown signal shared by every binary;
+//!   [`server`]: the aux port's serve loop (header timeout, connection cap).
 
 pub mod aux_client;
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod http_metrics;
 pub mod multi_get;
 pub mod ring;
 pub mod runtime;
+pub mod server;
 pub mod units;
 pub mod version;
 pub mod wire;

@@ -16,7 +16,9 @@
 //!
 //! Every route answers 413 to a body declared or found larger than the node's
 //! `--max-request-size`, and 408 to a request not complete within 10 s
-//! ([`crate::http_limits`]).
+//! ([`crate::http_limits`]); a connection whose headers take longer than
+//! `--header-read-timeout`, or one beyond `--max-connections`, is closed
+//! ([`crate::server`]).
 
 use std::collections::BTreeSet;
 

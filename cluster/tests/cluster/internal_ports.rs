@@ -110,3 +110,66 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
         );
     }
 }
+
+/// Headers sent slowly (or never finished) cost a connection for at most
+/// `--header-read-timeout`; connections past `--max-connections` are closed at
+/// once; and the node goes on serving the masters throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_connections_are_capped_on_the_aux_port() {
+    let cluster = TestCluster::start_with(|spec| {
+        spec.aux_args.extend([
+            "--header-read-timeout".into(),
+            "1s".into(),
+            "--max-connections".into(),
+            "64".into(),
+        ]);
+    });
+    let addr = cluster.cluster.aux[0].addr;
+    let started = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: aux\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buffer))
+        .await
+        .expect("the aux node closed the slow connection");
+    assert!(
+        matches!(read, Ok(0) | Err(_)) || String::from_utf8_lossy(&buffer).contains(" 408 "),
+        "{read:?}: {}",
+        String::from_utf8_lossy(&buffer)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // 80 idle connections against a cap of 64 (the master holds a few too).
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // All at once and well within the 1 s header timeout, so that only the cap
+    // can have closed any.
+    let peeks = idle.iter_mut().map(|stream| async move {
+        let mut byte = [0u8; 1];
+        let peek = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await;
+        matches!(peek, Ok(Ok(0)) | Ok(Err(_)))
+    });
+    let closed = futures::future::join_all(peeks)
+        .await
+        .into_iter()
+        .filter(|closed| *closed)
+        .count();
+    assert!(
+        closed >= 16,
+        "only {closed} of 80 connections over the cap were closed"
+    );
+    drop(idle);
+    assert_eq!(cluster.set("after the flood", "fine").await.0, 200);
+    assert_eq!(
+        cluster.value("after the flood").await.as_deref(),
+        Some("fine")
+    );
+}
