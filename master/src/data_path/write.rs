@@ -16,6 +16,10 @@
 //! newer one; the second version is above it. Anything newer than the second
 //! version was stamped after the first attempt looked, so it is concurrent. Writers
 //! racing on one key therefore cost at most one extra round, never a livelock.
+//! The argument needs `W` to be more than half of the `k + m` owners (else the
+//! first version could reach `W` on owners the earlier write missed): the default
+//! `W = k + 1` is, whenever `m <= k + 1`; `--write-quorum` below that weakens the
+//! guarantee to "ordered per master".
 
 use std::time::Duration;
 
