@@ -61,6 +61,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// caller probes the cluster and starts the workers (see [`run`]).
 pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let owners = usize::from(config.data_shards) + usize::from(config.parity_shards);
+    if usize::from(config.write_quorum()) * 2 <= owners {
+        tracing::warn!(
+            write_quorum = config.write_quorum(),
+            owners,
+            "the write quorum is not a majority of a key's owners: writes through different \
+             masters are not ordered in real time (see data_path/write.rs)"
+        );
+    }
     let codec =
         Arc::new(Codec::new(config.data_shards, config.parity_shards).context("build the codec")?);
     // A shard response is one frame: at most a shard of the largest value plus header.
