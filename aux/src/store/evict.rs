@@ -43,10 +43,17 @@ impl Inner {
             Emptying::Compact => usize::MAX,
         };
         let mut kept = 0;
+        // Live records looked at (dropped or moved), and their bytes.
+        let (mut seen, mut seen_bytes) = (0, 0);
         let mut offset = 0;
         while offset < segment.data.len() {
             let Ok(view) = RecordView::parse(&segment.data[offset..], &self.shapes) else {
-                // Unreadable: nothing after it can be found by scanning.
+                // Unreadable: nothing after it can be found by scanning. The live
+                // records not yet seen go with it.
+                let lost = u64::from(segment.live_records - seen);
+                self.stats.corrupt_records += lost;
+                self.stats.items -= lost;
+                self.stats.record_bytes -= (segment.live_bytes - seen_bytes) as u64;
                 self.forget_segment_in_index(id);
                 break;
             };
@@ -55,6 +62,8 @@ impl Inner {
             let Some(position) = self.live_position(&view, segments::location(id, start)) else {
                 continue;
             };
+            seen += 1;
+            seen_bytes += view.len;
             let keep = !view.is_expired(now_ms)
                 && kept + view.len <= keep_budget
                 && (how == Emptying::Compact || self.index.was_accessed(position));
@@ -116,18 +125,10 @@ impl Inner {
         }
     }
 
+    /// Removes every index entry pointing into segment `id` (its records cannot be
+    /// read, so their tags are unknown).
     pub(super) fn forget_segment_in_index(&mut self, id: u32) {
-        let stale: Vec<u64> = self
-            .index
-            .locations()
-            .filter(|&location| segment_of(location) == id)
-            .collect();
-        for location in stale {
-            // The tag is unknown without the record: find the slot by location.
-            if let Some(position) = self.index.position_of(location) {
-                self.index.remove(position);
-            }
-        }
+        self.index.retain(|location| segment_of(location) != id);
         // Tombstone counts of unreadable records are unknown; recount them.
         self.stats.tombstones = self.count_tombstones();
     }

@@ -204,12 +204,19 @@ impl Index {
         }
     }
 
-    /// The slot position of `location`, by a scan of the whole table: for the rare
-    /// case where the caller cannot say the tag.
-    pub fn position_of(&self, location: u64) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|&slot| slot != 0 && slot_location(slot) == location)
+    /// Removes every entry whose location `keep` says no to, in one pass over the
+    /// table: for the rare case where the caller cannot say the entries' tags.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        let mut position = 0;
+        while position < self.slots.len() {
+            let slot = self.slots[position];
+            if slot != 0 && !keep(slot_location(slot)) {
+                // The run shifts left into `position`: look at it again.
+                self.remove(position);
+            } else {
+                position += 1;
+            }
+        }
     }
 
     /// Every location, in tag order.
@@ -326,6 +333,23 @@ mod tests {
         index.check_invariants();
         for location in 1..=20_000u64 {
             assert_eq!(find(&index, location).is_some(), location % 3 == 0);
+        }
+    }
+
+    #[test]
+    fn retain_keeps_exactly_what_it_is_told_to() {
+        let mut index = Index::default();
+        for location in 1..=5_000u64 {
+            index.insert(tag_of(point_of(location)), location);
+        }
+        index.retain(|location| location % 7 != 0);
+        index.check_invariants();
+        for location in 1..=5_000u64 {
+            assert_eq!(
+                find(&index, location).is_some(),
+                location % 7 != 0,
+                "{location}"
+            );
         }
     }
 

@@ -506,3 +506,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_unreadable_segment_is_dropped_whole_with_its_counts_when_evicted() {
+    let store = ShardStore::new(256 * 1024);
+    let key = |i: usize| format!("key-{i:05}");
+    for i in 0..100 {
+        store.put(&frame(&key(i), 1, 100, 0), 0);
+    }
+    {
+        // The first record's shape id names no shape: nothing after it in its
+        // segment can be parsed any more.
+        let mut inner = store.inner.lock();
+        let (_, location) = inner.find(tag_of(key_point(&key(0))), &key(0)).unwrap();
+        let bytes = inner.segments.bytes_at_mut(location).unwrap();
+        bytes[4..6].copy_from_slice(&0xfffeu16.to_le_bytes());
+    }
+    // The store's size again: the damaged segment is evicted like any other.
+    for i in 100..2_000 {
+        store.put(&frame(&key(i), 1, 100, 0), 0);
+    }
+    assert!(store.stats().corrupt_records > 0);
+    store.check_consistency();
+}
