@@ -218,8 +218,10 @@ impl Drop for SnapshotWriter {
     }
 }
 
-/// Writes `frames` (oldest first) as the newest snapshot in `dir`.
-pub fn write_snapshot(
+/// Writes `frames` (oldest first) as the newest snapshot in `dir` (the tests' way;
+/// the node streams through [`SnapshotWriter`]).
+#[cfg(test)]
+fn write_snapshot(
     dir: &Path,
     frames: &[impl AsRef<[u8]>],
     created_at_ms: u64,

@@ -299,20 +299,19 @@ pub fn bench_memory(args: BenchMemoryArgs) -> anyhow::Result<()> {
             print_cluster_run(&run);
             clusters.push(run);
         }
-        step += 1;
-        println!(
-            "[{step}/{steps}] redis: {} keys of {} B values",
-            workload.keys, workload.value_len
-        );
-        let redis = run_reference(&REDIS, workload).context("measure redis")?;
-        print_reference_run(&redis);
-        step += 1;
-        println!(
-            "[{step}/{steps}] memcached: {} keys of {} B values",
-            workload.keys, workload.value_len
-        );
-        let memcached = run_reference(&MEMCACHED, workload).context("measure memcached")?;
-        print_reference_run(&memcached);
+        let mut reference = |system: &ReferenceSystem| -> anyhow::Result<ReferenceRun> {
+            step += 1;
+            println!(
+                "[{step}/{steps}] {}: {} keys of {} B values",
+                system.name, workload.keys, workload.value_len
+            );
+            let run = run_reference(system, workload)
+                .with_context(|| format!("measure {}", system.name))?;
+            print_reference_run(&run);
+            Ok(run)
+        };
+        let redis = reference(&REDIS)?;
+        let memcached = reference(&MEMCACHED)?;
         results.push(WorkloadResult {
             workload,
             clusters,

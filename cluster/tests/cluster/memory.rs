@@ -179,6 +179,20 @@ async fn aux_store(cluster: &TestCluster, aux: usize) -> Value {
     body["store"].take()
 }
 
+fn has_evicted(store: &Value) -> bool {
+    store["evictions"].as_u64() > Some(0)
+}
+
+/// Every node evicted: the load really went past the capacity. `when` says when.
+fn assert_every_node_evicted(stores: &[Value], when: &str) {
+    for (index, store) in stores.iter().enumerate() {
+        assert!(
+            has_evicted(store),
+            "aux-{index} never evicted {when}: {store}"
+        );
+    }
+}
+
 /// The sum of `field` of every node's store.
 fn total(stores: &[Value], field: &str) -> u64 {
     stores
@@ -327,9 +341,7 @@ async fn small_values_cycling_through_aux_nodes_keep_their_memory_within_capacit
             sample_every: 2000,
         },
         |stores| {
-            let evicted = stores
-                .iter()
-                .all(|store| store["evictions"].as_u64() > Some(0));
+            let evicted = stores.iter().all(has_evicted);
             total(stores, "evictions") >= total(stores, "items")
                 || (evicted && started.elapsed() > Duration::from_secs(12))
         },
@@ -338,12 +350,7 @@ async fn small_values_cycling_through_aux_nodes_keep_their_memory_within_capacit
     let stores = monitor
         .check(&cluster, phase, "once the load is over")
         .await;
-    for (index, store) in stores.iter().enumerate() {
-        assert!(
-            store["evictions"].as_u64() > Some(0),
-            "aux-{index} never evicted after {sent} writes of 100 bytes: {store}"
-        );
-    }
+    assert_every_node_evicted(&stores, &format!("after {sent} writes of 100 bytes"));
     println!("peak aux VmRSS per phase:{}", monitor.report());
 }
 
@@ -384,13 +391,10 @@ async fn large_values_overwrites_expiry_and_a_smaller_restart_keep_aux_memory_wi
     let stores = monitor
         .check(&cluster, phase, "once the load is over")
         .await;
-    for (index, store) in stores.iter().enumerate() {
-        assert!(
-            store["evictions"].as_u64() > Some(0),
-            "aux-{index} never evicted while {} of mixed sizes were written: {store}",
-            mib(written)
-        );
-    }
+    assert_every_node_evicted(
+        &stores,
+        &format!("while {} of mixed sizes were written", mib(written)),
+    );
 
     // c. The same 2000 keys overwritten three times with other sizes, then half of
     // them deleted (tombstones replace the values).
