@@ -10,8 +10,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use shardcache_common::frame::ShardFrame;
-use shardcache_common::version::Version;
+use shardcache_common::frame::{self, ShardFrame};
+use shardcache_common::version::{HybridClock, Version};
 use shardcache_common::wire::{
     AuxHealth, InventoryCursor, InventoryPage, LeaseRequest, MembershipDoc,
 };
@@ -35,6 +35,9 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 pub struct AuxState {
     pub store: Arc<ShardStore>,
     pub max_frame_bytes: usize,
+    /// `--max-clock-skew` in milliseconds: the furthest ahead of this node's clock
+    /// a stored version may be stamped.
+    pub max_clock_skew_ms: u64,
     pub node_id: Arc<str>,
     /// Random per process start (see [`AuxHealth::instance`]).
     pub instance: u64,
@@ -123,11 +126,24 @@ fn conflict(held: Version) -> Response {
 /// Stores a copy of the frame: the body is a view of the connection's receive
 /// buffer, which must not outlive the request (it would pin kilobytes per shard).
 async fn put_shard(State(state): State<AuxState>, body: Bytes) -> Response {
-    let frame = match ShardFrame::decode(body) {
+    let mut frame = match ShardFrame::decode(body) {
         Ok(frame) => frame,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem.to_string()),
     };
-    match state.store.put(&frame, unix_millis()) {
+    let now_ms = unix_millis();
+    let lead_ms = HybridClock::lead_of(frame.version, now_ms);
+    if lead_ms > state.max_clock_skew_ms {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "version {} is stamped {lead_ms} ms ahead of this node's clock, beyond --max-clock-skew ({} ms): the writer's clock is off",
+                frame.version, state.max_clock_skew_ms
+            ),
+        );
+    }
+    // Expiry is decided on this node's clock: the frame says how long it has left.
+    frame.expiry_ms = frame::deadline_from_time_left(frame.expiry_ms, now_ms);
+    match state.store.put(&frame, now_ms) {
         PutResult::Stored | PutResult::AlreadyHeld => StatusCode::NO_CONTENT.into_response(),
         PutResult::Superseded(held) => conflict(held),
         PutResult::TooLarge => error(
@@ -272,6 +288,7 @@ async fn health(State(state): State<AuxState>) -> Response {
             capacity_bytes: stats.capacity_bytes,
         },
         membership_version: state.membership.get().map(|doc| doc.version),
+        unix_ms: Some(unix_millis()),
     };
     // The typed part masters read, plus the full figures for operators.
     let mut body = serde_json::to_value(summary).unwrap_or_default();
@@ -294,6 +311,7 @@ mod tests {
         app(AuxState {
             store: Arc::new(ShardStore::new(1 << 20)),
             max_frame_bytes: 1 << 20,
+            max_clock_skew_ms: 1_000,
             node_id: "aux-test".into(),
             instance: 1,
             leases: Arc::default(),
@@ -315,7 +333,7 @@ mod tests {
             shard_index: 1,
             data_shards: 2,
             parity_shards: 1,
-            expires_at_ms: 0,
+            expiry_ms: 0,
             value_len: 4,
             value_checksum: 0,
             payload: Bytes::from_static(b"ab"),
@@ -387,6 +405,77 @@ mod tests {
             let body = refused.into_body().collect().await.unwrap().to_bytes();
             let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert!(error["error"].is_string(), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_stamped_beyond_the_clock_bound_is_refused() {
+        let app = test_app();
+        let now_ms = unix_millis();
+        let far_ahead = frame("k", (now_ms + 30_000) << 16).encode();
+        let refused = send(&app, "PUT", wire::SHARDS_PATH, far_ahead).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("clock"),
+            "{error}"
+        );
+        let got = send(
+            &app,
+            "GET",
+            &format!("{}/k", wire::SHARDS_PATH),
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(got.status(), StatusCode::NOT_FOUND, "nothing was stored");
+        // Within the bound (and from the past) is fine.
+        let near = frame("k", (now_ms + 500) << 16).encode();
+        let stored = send(&app, "PUT", wire::SHARDS_PATH, near).await;
+        assert_eq!(stored.status(), StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn expiry_arrives_and_leaves_as_time_left_on_this_nodes_clock() {
+        let app = test_app();
+        let mut expiring = frame("k", 9);
+        expiring.expiry_ms = 60_000; // one minute left, whatever the writer's clock says
+        send(&app, "PUT", wire::SHARDS_PATH, expiring.encode()).await;
+        let got = send(
+            &app,
+            "GET",
+            &format!("{}/k", wire::SHARDS_PATH),
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(got.status(), StatusCode::OK);
+        let body = got.into_body().collect().await.unwrap().to_bytes();
+        let served = ShardFrame::decode(body).unwrap();
+        assert!(
+            (59_000..=60_000).contains(&served.expiry_ms),
+            "served with {} ms left",
+            served.expiry_ms
+        );
+        let mut short = frame("gone", 9);
+        short.expiry_ms = 1;
+        send(&app, "PUT", wire::SHARDS_PATH, short.encode()).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = send(
+                &app,
+                "GET",
+                &format!("{}/gone", wire::SHARDS_PATH),
+                Bytes::new(),
+            )
+            .await;
+            if got.status() == StatusCode::NOT_FOUND {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a 1 ms TTL never expired"
+            );
+            tokio::task::yield_now().await;
         }
     }
 

@@ -59,6 +59,13 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Shards whose version is stamped further than this ahead of this node's
+    /// clock are refused (400): the writing master's clock is off, and its versions
+    /// would outrank later writes for that long. Masters refuse writes past the same
+    /// bound (theirs, `--max-clock-skew`); keep the two equal.
+    #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
+    pub max_clock_skew: HumanDuration,
+
     /// How often expired shards are swept out of memory.
     #[arg(long, env = "SHARDCACHE_SWEEP_INTERVAL", default_value = "1s")]
     pub sweep_interval: HumanDuration,

@@ -80,6 +80,7 @@ pub async fn run(
     let state = AuxState {
         store: store.clone(),
         max_frame_bytes: config.max_frame_bytes(),
+        max_clock_skew_ms: config.max_clock_skew.0.as_millis() as u64,
         node_id: node_id.as_str().into(),
         instance: rand::random(),
         leases: Arc::default(),

@@ -81,6 +81,8 @@ pub struct Node {
     args: Vec<String>,
     pub addr: SocketAddr,
     pub log_path: PathBuf,
+    /// Extra environment variables, reused on restart (e.g. libfaketime's).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -99,6 +101,7 @@ impl Node {
             args,
             addr: listen,
             log_path,
+            env: Vec::new(),
             child: None,
         };
         node.spawn(exe)?;
@@ -118,6 +121,7 @@ impl Node {
             .arg(self.addr.to_string())
             .args(&self.args)
             .arg("--stop-with-parent")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log.try_clone()?)
@@ -318,6 +322,23 @@ impl LocalCluster {
     /// `http://ADDR` of master `index`.
     pub fn master_url(&self, index: usize) -> String {
         format!("http://{}", self.masters[index].addr)
+    }
+
+    /// Restarts master `index` on its old address with `env` added to its
+    /// environment from now on (e.g. libfaketime's, to run it with a skewed clock).
+    pub fn restart_master_with_env(
+        &mut self,
+        index: usize,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let exe = self.exe.clone();
+        let node = &mut self.masters[index];
+        node.kill();
+        node.env = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        node.spawn(&exe)
     }
 
     /// Starts a stopped or killed aux node again on its old address and data dir.

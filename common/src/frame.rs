@@ -10,7 +10,8 @@
 //!      7     1  m, parity shards
 //!      8     8  version timestamp (big-endian, like every integer here)
 //!     16     8  version writer id
-//!     24     8  expiry, Unix milliseconds (0 = never expires)
+//!     24     8  expiry (0 = never expires): between nodes, milliseconds left to live;
+//!               in an aux node's store and snapshots, Unix milliseconds on its clock
 //!     32     8  length of the original value in bytes
 //!     40     8  xxh3-64 of the whole original value
 //!     48     2  key length in bytes
@@ -23,6 +24,11 @@
 //! The header carries everything a reader needs to decide whether shards belong to
 //! the same write (key + version) and to rebuild and verify the value without asking
 //! anyone else (invariant 1: no torn or invented values).
+//!
+//! The expiry travels as a duration so that each aux node decides it on its own
+//! clock: a writer whose clock is off can neither shorten nor stretch a TTL. The aux
+//! API turns it into a deadline on arrival ([`deadline_from_time_left`]) and back
+//! into time left when it serves the frame ([`time_left_until`]).
 
 use bytes::{BufMut, Bytes};
 use xxhash_rust::xxh3::xxh3_64;
@@ -45,6 +51,26 @@ pub fn shard_len(value_len: u64, data_shards: u8) -> usize {
     value_len.div_ceil(data_shards).max(1) as usize
 }
 
+/// A received frame's time left to live (0 = never) as a deadline on this node's
+/// clock.
+pub fn deadline_from_time_left(time_left_ms: u64, now_ms: u64) -> u64 {
+    if time_left_ms == 0 {
+        0
+    } else {
+        now_ms.saturating_add(time_left_ms)
+    }
+}
+
+/// A deadline on this node's clock (0 = never) as the time left to send: at least
+/// one millisecond, since 0 would mean "never expires".
+pub fn time_left_until(deadline_ms: u64, now_ms: u64) -> u64 {
+    if deadline_ms == 0 {
+        0
+    } else {
+        deadline_ms.saturating_sub(now_ms).max(1)
+    }
+}
+
 /// One shard of one version of one key, or a tombstone for that key and version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardFrame {
@@ -54,8 +80,10 @@ pub struct ShardFrame {
     pub shard_index: u8,
     pub data_shards: u8,
     pub parity_shards: u8,
-    /// Unix milliseconds after which the shard must not be served; 0 = never.
-    pub expires_at_ms: u64,
+    /// When the shard stops being served; 0 = never. Milliseconds left to live
+    /// in a frame that travels between nodes, a deadline in Unix milliseconds on the
+    /// aux node's own clock in its store and snapshots (module docs).
+    pub expiry_ms: u64,
     pub value_len: u64,
     pub value_checksum: u64,
     pub payload: Bytes,
@@ -81,9 +109,9 @@ pub enum FrameError {
 }
 
 impl ShardFrame {
-    /// Whether the shard has expired at `now_ms` (Unix milliseconds).
+    /// Whether a frame whose expiry is a deadline has expired at `now_ms`.
     pub fn is_expired(&self, now_ms: u64) -> bool {
-        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+        self.expiry_ms != 0 && self.expiry_ms <= now_ms
     }
 
     /// Serialises the frame in the wire format described in the module docs.
@@ -101,7 +129,7 @@ impl ShardFrame {
             shard_index: self.shard_index,
             data_shards: self.data_shards,
             parity_shards: self.parity_shards,
-            expires_at_ms: self.expires_at_ms,
+            expiry_ms: self.expiry_ms,
             value_len: self.value_len,
             value_checksum: self.value_checksum,
         }
@@ -141,7 +169,7 @@ impl ShardFrame {
             shard_index: bytes[5],
             data_shards: bytes[6],
             parity_shards: bytes[7],
-            expires_at_ms: read_u64(&bytes, 24),
+            expiry_ms: read_u64(&bytes, 24),
             value_len: read_u64(&bytes, 32),
             value_checksum: read_u64(&bytes, 40),
             payload: bytes.slice(HEADER_LEN + key_len..body_end),
@@ -191,7 +219,7 @@ pub struct FrameHeader {
     pub shard_index: u8,
     pub data_shards: u8,
     pub parity_shards: u8,
-    pub expires_at_ms: u64,
+    pub expiry_ms: u64,
     pub value_len: u64,
     pub value_checksum: u64,
 }
@@ -214,7 +242,7 @@ pub fn encode_into(header: &FrameHeader, key: &[u8], payload: &[u8], out: &mut V
     out.put_u8(header.parity_shards);
     out.put_u64(header.version.timestamp);
     out.put_u64(header.version.writer);
-    out.put_u64(header.expires_at_ms);
+    out.put_u64(header.expiry_ms);
     out.put_u64(header.value_len);
     out.put_u64(header.value_checksum);
     out.put_u16(key.len() as u16);
@@ -260,7 +288,7 @@ mod tests {
             shard_index: index,
             data_shards: k,
             parity_shards: m,
-            expires_at_ms: 1_700_000_000_000,
+            expiry_ms: 1_700_000_000_000,
             value_len,
             value_checksum: 0xfeed,
             payload: Bytes::from(payload),
@@ -332,11 +360,29 @@ mod tests {
     }
 
     #[test]
+    fn expiry_travels_as_time_left_and_is_kept_as_a_deadline() {
+        // (time left sent, receiver's clock, deadline kept, time left when served at +400 ms)
+        for (sent, now, deadline, served) in [
+            (0, 1_000, 0, 0), // never expires, on both sides
+            (5_000, 1_000, 6_000, 4_600),
+            (300, 1_000, 1_300, 1), // served after its deadline: 1 ms, never "0 = never"
+            (u64::MAX, 1_000, u64::MAX, u64::MAX - 1_400),
+        ] {
+            assert_eq!(
+                deadline_from_time_left(sent, now),
+                deadline,
+                "{sent} at {now}"
+            );
+            assert_eq!(time_left_until(deadline, now + 400), served, "{deadline}");
+        }
+    }
+
+    #[test]
     fn expiry_zero_means_never() {
         let mut frame = sample_frame("k".into(), vec![1], 1, 0, 0);
-        frame.expires_at_ms = 0;
+        frame.expiry_ms = 0;
         assert!(!frame.is_expired(u64::MAX));
-        frame.expires_at_ms = 10;
+        frame.expiry_ms = 10;
         assert!(!frame.is_expired(9));
         assert!(frame.is_expired(10));
     }

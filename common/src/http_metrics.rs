@@ -98,6 +98,18 @@ impl Registrar<'_> {
         self.register(Gauge::with_opts(Opts::new(self.name(name), help))?)
     }
 
+    pub fn float_gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<prometheus::GaugeVec> {
+        self.register(prometheus::GaugeVec::new(
+            Opts::new(self.name(name), help),
+            labels,
+        )?)
+    }
+
     pub fn gauge_vec(
         &self,
         name: &str,

@@ -8,11 +8,13 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Bits of the hybrid timestamp reserved for the logical counter below the
 /// millisecond part: 65,536 versions per millisecond per writer before the clock
 /// runs ahead of wall time.
 const LOGICAL_BITS: u32 = 16;
+const LOGICAL_MASK: u64 = (1 << LOGICAL_BITS) - 1;
 
 /// A totally ordered value version. Field order matters: the derived `Ord` compares
 /// the timestamp first and the writer id only to break ties.
@@ -67,25 +69,30 @@ impl<'de> serde::Deserialize<'de> for Version {
 /// Each new timestamp is above both the wall clock and every timestamp this clock has
 /// issued or [observed](HybridClock::observe), so versions stay monotonic when the
 /// wall clock steps back and a master that sees a newer version from a peer with a
-/// faster clock moves past it.
+/// faster clock moves past it — but never more than `max_lead` past its own wall
+/// clock because of a version it saw: a writer whose clock is far ahead cannot drag
+/// every other writer's clock along (`--max-clock-skew`).
 #[derive(Debug)]
 pub struct HybridClock {
     last: AtomicU64,
     writer: u64,
+    max_lead_ms: u64,
 }
 
 impl HybridClock {
-    /// A clock for the writer `writer` (must differ between concurrent masters).
-    pub fn new(writer: u64) -> Self {
+    /// A clock for the writer `writer` (must differ between concurrent masters)
+    /// that observed versions move at most `max_lead` ahead of the wall clock.
+    pub fn new(writer: u64, max_lead: Duration) -> Self {
         HybridClock {
             last: AtomicU64::new(0),
             writer,
+            max_lead_ms: max_lead.as_millis().try_into().unwrap_or(u64::MAX),
         }
     }
 
     /// A clock with a random writer id.
-    pub fn with_random_writer() -> Self {
-        Self::new(rand::random())
+    pub fn with_random_writer(max_lead: Duration) -> Self {
+        Self::new(rand::random(), max_lead)
     }
 
     /// The next version: strictly greater than any issued or observed before.
@@ -111,9 +118,26 @@ impl HybridClock {
         }
     }
 
-    /// Moves the clock past a version seen from another writer.
+    /// Moves the clock past a version seen from another writer, at most to
+    /// `max_lead` ahead of the wall clock.
     pub fn observe(&self, seen: Version) {
-        self.last.fetch_max(seen.timestamp, Ordering::AcqRel);
+        self.observe_at(seen, crate::unix_millis());
+    }
+
+    fn observe_at(&self, seen: Version, now_ms: u64) {
+        let ceiling = now_ms
+            .saturating_add(self.max_lead_ms)
+            .min(u64::MAX >> LOGICAL_BITS)
+            << LOGICAL_BITS
+            | LOGICAL_MASK;
+        self.last
+            .fetch_max(seen.timestamp.min(ceiling), Ordering::AcqRel);
+    }
+
+    /// How far `version` is ahead of this node's wall clock at `now_ms`, in
+    /// milliseconds (0 when it is not).
+    pub fn lead_of(version: Version, now_ms: u64) -> u64 {
+        (version.timestamp >> LOGICAL_BITS).saturating_sub(now_ms)
     }
 }
 
@@ -141,7 +165,7 @@ mod tests {
 
     #[test]
     fn clock_is_strictly_monotonic_and_moves_past_observed_versions() {
-        let clock = HybridClock::new(7);
+        let clock = HybridClock::new(7, Duration::MAX);
         let mut previous = clock.next();
         for _ in 0..100_000 {
             let next = clock.next();
@@ -157,8 +181,38 @@ mod tests {
     }
 
     #[test]
+    fn a_version_from_far_ahead_moves_the_clock_only_to_the_bound() {
+        let clock = HybridClock::new(7, Duration::from_secs(1));
+        let now_ms = crate::unix_millis();
+        let thirty_seconds_ahead = Version {
+            timestamp: (now_ms + 30_000) << LOGICAL_BITS,
+            writer: 1,
+        };
+        clock.observe_at(thirty_seconds_ahead, now_ms);
+        let next = clock.next();
+        assert!(next < thirty_seconds_ahead);
+        assert!(
+            HybridClock::lead_of(next, now_ms) >= 1_000,
+            "moved up to the bound"
+        );
+        assert!(
+            HybridClock::lead_of(next, now_ms) <= 1_001,
+            "and no further"
+        );
+        // Within the bound it still moves past what it saw.
+        let half_a_second_ahead = Version {
+            timestamp: (now_ms + 500) << LOGICAL_BITS,
+            writer: 1,
+        };
+        let fresh = HybridClock::new(8, Duration::from_secs(1));
+        fresh.observe_at(half_a_second_ahead, now_ms);
+        assert!(fresh.next() > half_a_second_ahead);
+        assert_eq!(HybridClock::lead_of(half_a_second_ahead, now_ms + 600), 0);
+    }
+
+    #[test]
     fn version_text_round_trips() {
-        let version = HybridClock::new(0xdead_beef).next();
+        let version = HybridClock::new(0xdead_beef, Duration::ZERO).next();
         let parsed: Version = version.to_string().parse().unwrap();
         assert_eq!(parsed, version);
         assert!("nonsense".parse::<Version>().is_err());

@@ -74,7 +74,7 @@ pub struct InventoryEntry {
     pub data_shards: u8,
     pub parity_shards: u8,
     pub tombstone: bool,
-    pub expires_at_ms: u64,
+    pub expiry_ms: u64,
 }
 
 /// One page of an inventory; `next` is the cursor of the following page, if any.
@@ -132,6 +132,10 @@ pub struct AuxHealth {
     /// Version of the membership document the node holds, if any.
     #[serde(default)]
     pub membership_version: Option<Version>,
+    /// The node's clock (Unix milliseconds) when it answered: masters measure their
+    /// offset from it. Absent from nodes of older builds.
+    #[serde(default)]
+    pub unix_ms: Option<u64>,
 }
 
 /// The store figures a master shows in its cluster view.

@@ -23,7 +23,7 @@ use crate::config::{MasterConfig, MAX_TTL_SECONDS};
 use crate::data_path::DataPath;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
-use crate::metrics::ReadResult;
+use crate::metrics::{ClockFigures, ReadResult};
 use crate::repair::{RepairStatus, Repairer};
 
 /// Longest a request may take, reading its body included: far beyond any read or
@@ -119,7 +119,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .node_states()
         .map(|(node, state)| (node, state.as_str()));
     let repair = state.repairer.status().sample();
-    state.data.metrics().render(nodes, view.epoch, &repair)
+    let report = state.data.cluster().report();
+    let clocks = ClockFigures {
+        lead_seconds: report.clock.lead_ms.map(|ms| ms as f64 / 1e3),
+        beyond_bound: report.clock.beyond_bound,
+        node_offsets_seconds: report
+            .nodes
+            .iter()
+            .filter_map(|node| Some((node.id.as_deref()?, node.clock_offset_ms? as f64 / 1e3)))
+            .collect(),
+    };
+    state
+        .data
+        .metrics()
+        .render(nodes, view.epoch, &clocks, &repair)
 }
 
 /// Body of `POST /data`.
@@ -207,14 +220,18 @@ async fn delete_value(
     }
 }
 
-/// `ok` when every aux node on the ring is up, `degraded` while some are not but
-/// writes can still reach their quorum, `unavailable` below that.
+/// `ok` when every aux node on the ring is up and the clocks agree, `degraded`
+/// while some nodes are not up but writes can still reach their quorum, or while a
+/// clock is off by more than `--max-clock-skew` (this master's: writes refused;
+/// an aux node's: its TTLs run early or late), `unavailable` below the quorum.
 fn cluster_health(state: &AppState) -> (&'static str, usize, usize) {
-    let view = state.data.cluster().view();
+    let cluster = state.data.cluster();
+    let view = cluster.view();
     let (up, total) = (view.up_nodes().len(), view.all_nodes().len());
+    let clocks_agree = cluster.check_clock().is_ok() && !cluster.any_clock_off();
     let status = if up < usize::from(state.geometry.write_quorum) {
         "unavailable"
-    } else if up < total {
+    } else if up < total || !clocks_agree {
         "degraded"
     } else {
         "ok"
@@ -232,6 +249,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "data_shards": state.geometry.data_shards,
         "parity_shards": state.geometry.parity_shards,
         "write_quorum": state.geometry.write_quorum,
+        "clock": state.data.cluster().clock_report(),
     }))
 }
 

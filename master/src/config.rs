@@ -119,6 +119,15 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_TOMBSTONE_TTL", default_value = "24h")]
     pub tombstone_ttl: HumanDuration,
 
+    /// How far this master's clock may be from the aux nodes' (measured by the
+    /// health probes) before it refuses writes with a 503 and reports `degraded`.
+    /// It also caps how far a version read from another writer moves this master's
+    /// clock. Synchronised hosts are within milliseconds; a second means time sync is
+    /// broken, and it is well above a probe's round trip, so a slow probe cannot trip
+    /// it (only skew beyond the bound by more than half the round trip counts).
+    #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
+    pub max_clock_skew: HumanDuration,
+
     /// Repair without taking the lease (tests only: proves that concurrent repairs
     /// are harmless).
     #[arg(long, hide = true)]

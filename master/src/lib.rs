@@ -91,6 +91,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         down_after: config.down_after,
         repair_grace: config.repair_grace.0,
         min_members: total_shards,
+        max_clock_skew: config.max_clock_skew.0,
     };
     let probe_client = AuxClient::new(config.probe_timeout.0, 1 << 20);
     let cluster = Arc::new(Cluster::new(settings, probe_client));
@@ -111,6 +112,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         metrics,
         usize::from(config.write_quorum()),
         config.tombstone_ttl.0,
+        config.max_clock_skew.0,
     ));
     let repair_settings = RepairSettings {
         interval: config.repair_interval.0,

@@ -117,6 +117,9 @@ pub struct MasterMetrics {
     node_state: IntGaugeVec,
     nodes_by_state: IntGaugeVec,
     placement_epoch: IntGauge,
+    clock_lead: Gauge,
+    clock_beyond_bound: IntGauge,
+    aux_clock_offset: prometheus::GaugeVec,
     repair: RepairMetrics,
     /// Serialises scrapes: copying totals into counters takes a read-then-add.
     scrape: Mutex<()>,
@@ -205,6 +208,19 @@ impl MasterMetrics {
             placement_epoch: r.gauge(
                 "placement_epoch",
                 "Increments whenever placement changes (a node goes down, returns, joins or leaves).",
+            )?,
+            clock_lead: r.float_gauge(
+                "clock_lead_seconds",
+                "How far this master's clock is ahead of the aux nodes' (the median node's); negative when behind.",
+            )?,
+            clock_beyond_bound: r.gauge(
+                "clock_beyond_bound",
+                "1 while this master's clock is proven further from the aux nodes' than --max-clock-skew: writes are refused.",
+            )?,
+            aux_clock_offset: r.float_gauge_vec(
+                "aux_clock_offset_seconds",
+                "Each aux node's clock minus this master's, from its last health probe.",
+                &["node"],
             )?,
             repair: RepairMetrics {
                 keys_scanned: r.counter("repair_keys_scanned_total", "Keys checked by repair passes.")?,
@@ -309,6 +325,7 @@ impl MasterMetrics {
         &self,
         nodes: impl Iterator<Item = (&'a str, &'static str)>,
         placement_epoch: u64,
+        clocks: &ClockFigures<'_>,
         repair: &RepairSample,
     ) -> axum::response::Response {
         let _scrape = self.scrape.lock();
@@ -327,6 +344,14 @@ impl MasterMetrics {
             self.nodes_by_state.with_label_values(&[state]).set(count);
         }
         self.placement_epoch.set(placement_epoch as i64);
+        self.clock_lead.set(clocks.lead_seconds.unwrap_or(0.0));
+        self.clock_beyond_bound.set(i64::from(clocks.beyond_bound));
+        self.aux_clock_offset.reset();
+        for (node, offset) in &clocks.node_offsets_seconds {
+            self.aux_clock_offset
+                .with_label_values(&[node])
+                .set(*offset);
+        }
         self.repair.update(repair);
         shardcache_common::http_metrics::exposition(&self.registry)
     }
@@ -336,6 +361,14 @@ impl Default for MasterMetrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The clock figures copied in at each scrape (see `cluster/clock.rs`).
+pub struct ClockFigures<'a> {
+    pub lead_seconds: Option<f64>,
+    pub beyond_bound: bool,
+    /// Each identified aux node's clock minus this master's.
+    pub node_offsets_seconds: Vec<(&'a str, f64)>,
 }
 
 /// The states an aux node can be in, as the `state` label spells them.

@@ -92,7 +92,7 @@ impl Inner {
             self.count_dropped(view, Removal::Evicted);
             return;
         };
-        self.segments.note_expiry(new_location, view.expires_at_ms);
+        self.segments.note_expiry(new_location, view.expiry_ms);
         self.index.relocate(position, new_location);
     }
 
@@ -171,7 +171,7 @@ impl Inner {
                 };
                 let location = segments::location(id, offset);
                 offset += view.len;
-                if view.expires_at_ms == 0 {
+                if view.expiry_ms == 0 {
                     continue;
                 }
                 let Some(position) = self.live_position(&view, location) else {
@@ -180,7 +180,7 @@ impl Inner {
                 if view.is_expired(now_ms) {
                     expired.push((position, location));
                 } else {
-                    next_expiry_ms = next_expiry_ms.min(view.expires_at_ms);
+                    next_expiry_ms = next_expiry_ms.min(view.expiry_ms);
                 }
             }
         }

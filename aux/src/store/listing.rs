@@ -4,7 +4,7 @@
 use shardcache_common::ring::key_point;
 
 use super::index::tag_of;
-use super::record::RecordView;
+use super::record::{ExpiryForm, RecordView};
 use super::segments;
 use super::{Inner, InventoryEntry};
 
@@ -65,7 +65,7 @@ impl Inner {
                 continue;
             }
             out.extend_from_slice(&(view.frame_len() as u32).to_be_bytes());
-            view.encode_frame(&mut out);
+            view.encode_frame(ExpiryForm::Deadline, &mut out);
             count += 1;
         }
         Some((segment.seq, out, count))
@@ -81,6 +81,6 @@ fn inventory_entry(view: &RecordView<'_>, point: u64) -> InventoryEntry {
         data_shards: view.shape.data_shards,
         parity_shards: view.shape.parity_shards,
         tombstone: view.is_tombstone(),
-        expires_at_ms: view.expires_at_ms,
+        expiry_ms: view.expiry_ms,
     }
 }

@@ -47,7 +47,7 @@ use shardcache_common::ring::key_point;
 use shardcache_common::version::Version;
 
 use index::{tag_of, Index};
-use record::{RecordView, Shapes};
+use record::{ExpiryForm, RecordView, Shapes};
 use segments::{segment_of, Segments};
 
 pub use record::TYPICAL_HEADER_LEN;
@@ -340,7 +340,7 @@ impl Inner {
         if self.scratch.capacity() > SCRATCH_KEPT_BYTES {
             self.scratch = Vec::new();
         }
-        self.segments.note_expiry(location, frame.expires_at_ms);
+        self.segments.note_expiry(location, frame.expiry_ms);
         Some((location, written))
     }
 
@@ -353,7 +353,7 @@ impl Inner {
             Ok(view) if view.is_expired(now_ms) => Some(Removal::Expired),
             Ok(view) => match view.verify(self.segments.bytes_at(location).unwrap_or(&[])) {
                 Ok(()) => {
-                    view.encode_frame(out);
+                    view.encode_frame(ExpiryForm::TimeLeftAt(now_ms), out);
                     None
                 }
                 Err(_) => Some(Removal::Corrupt),

@@ -63,7 +63,7 @@ impl Shape {
         if frame.tombstone {
             flags |= FLAG_TOMBSTONE;
         }
-        if frame.expires_at_ms != 0 {
+        if frame.expiry_ms != 0 {
             flags |= FLAG_EXPIRES;
         }
         Shape {
@@ -132,7 +132,7 @@ pub fn append(frame: &ShardFrame, shapes: &mut Shapes, out: &mut Vec<u8>) -> usi
     out.extend_from_slice(&frame.version.timestamp.to_le_bytes());
     out.extend_from_slice(&frame.value_checksum.to_le_bytes());
     if shape.expires() {
-        out.extend_from_slice(&frame.expires_at_ms.to_le_bytes());
+        out.extend_from_slice(&frame.expiry_ms.to_le_bytes());
     }
     put_varint(out, frame.key.len() as u64);
     put_varint(out, frame.value_len);
@@ -147,7 +147,7 @@ pub fn append(frame: &ShardFrame, shapes: &mut Shapes, out: &mut Vec<u8>) -> usi
 /// store meets only past 65,535 shapes and which adds 12 bytes).
 pub fn len_of(frame: &ShardFrame) -> usize {
     TYPICAL_HEADER_LEN - 2
-        + if frame.expires_at_ms != 0 { 8 } else { 0 }
+        + if frame.expiry_ms != 0 { 8 } else { 0 }
         + varint_len(frame.key.len() as u64)
         + varint_len(frame.value_len)
         + frame.key.len()
@@ -164,7 +164,7 @@ pub struct RecordView<'a> {
     pub shape: Shape,
     pub timestamp: u64,
     pub value_checksum: u64,
-    pub expires_at_ms: u64,
+    pub expiry_ms: u64,
     pub value_len: u64,
     pub key: &'a [u8],
     pub payload: &'a [u8],
@@ -206,7 +206,7 @@ impl<'a> RecordView<'a> {
         };
         let timestamp = reader.u64()?;
         let value_checksum = reader.u64()?;
-        let expires_at_ms = match shape.expires() {
+        let expiry_ms = match shape.expires() {
             true => reader.u64()?,
             false => 0,
         };
@@ -222,7 +222,7 @@ impl<'a> RecordView<'a> {
             shape,
             timestamp,
             value_checksum,
-            expires_at_ms,
+            expiry_ms,
             value_len,
             key,
             payload,
@@ -251,7 +251,7 @@ impl<'a> RecordView<'a> {
     }
 
     pub fn is_expired(&self, now_ms: u64) -> bool {
-        self.expires_at_ms != 0 && self.expires_at_ms <= now_ms
+        self.expiry_ms != 0 && self.expiry_ms <= now_ms
     }
 
     /// The key; records are written only from frames, whose keys are UTF-8.
@@ -259,15 +259,21 @@ impl<'a> RecordView<'a> {
         std::str::from_utf8(self.key).unwrap_or_default()
     }
 
-    /// Appends the wire frame this record was made from to `out`.
-    pub fn encode_frame(&self, out: &mut Vec<u8>) {
+    /// Appends the frame this record was made from to `out`, its expiry as a
+    /// deadline on this node's clock (snapshots) or as the time left at a moment
+    /// (answers to masters).
+    pub fn encode_frame(&self, expiry: ExpiryForm, out: &mut Vec<u8>) {
+        let expiry_ms = match expiry {
+            ExpiryForm::Deadline => self.expiry_ms,
+            ExpiryForm::TimeLeftAt(now_ms) => frame::time_left_until(self.expiry_ms, now_ms),
+        };
         let header = FrameHeader {
             version: self.version(),
             tombstone: self.is_tombstone(),
             shard_index: self.shape.shard_index,
             data_shards: self.shape.data_shards,
             parity_shards: self.shape.parity_shards,
-            expires_at_ms: self.expires_at_ms,
+            expiry_ms,
             value_len: self.value_len,
             value_checksum: self.value_checksum,
         };
@@ -278,6 +284,15 @@ impl<'a> RecordView<'a> {
     pub fn frame_len(&self) -> usize {
         frame::encoded_len(self.key.len(), self.payload.len())
     }
+}
+
+/// How [`RecordView::encode_frame`] writes a frame's expiry (see `frame`'s docs).
+#[derive(Clone, Copy, Debug)]
+pub enum ExpiryForm {
+    /// Unix milliseconds on this node's clock, as the store keeps it: snapshots.
+    Deadline,
+    /// Milliseconds left at the given Unix time: frames sent to masters.
+    TimeLeftAt(u64),
 }
 
 struct Reader<'a> {
@@ -334,7 +349,7 @@ mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;
 
-    fn frame(key: &str, value_len: u64, k: u8, expires_at_ms: u64, tombstone: bool) -> ShardFrame {
+    fn frame(key: &str, value_len: u64, k: u8, expiry_ms: u64, tombstone: bool) -> ShardFrame {
         let payload_len = if tombstone {
             0
         } else {
@@ -350,7 +365,7 @@ mod tests {
             shard_index: 1,
             data_shards: k,
             parity_shards: 2,
-            expires_at_ms,
+            expiry_ms,
             value_len: if tombstone { 0 } else { value_len },
             value_checksum: 0x1122_3344_5566_7788,
             payload: Bytes::from((0..payload_len).map(|i| i as u8).collect::<Vec<u8>>()),
@@ -367,7 +382,7 @@ mod tests {
         assert_eq!(view.len, written);
         view.verify(&segment[3..]).unwrap();
         let mut encoded = Vec::new();
-        view.encode_frame(&mut encoded);
+        view.encode_frame(ExpiryForm::Deadline, &mut encoded);
         assert_eq!(encoded.len(), view.frame_len());
         assert_eq!(
             Bytes::from(encoded),

@@ -213,14 +213,14 @@ impl Segments {
         Some(id)
     }
 
-    /// Notes that the record at `location` expires at `expires_at_ms` (0: never),
+    /// Notes that the record at `location` expires at `expiry_ms` (0: never),
     /// so the sweeper knows when its segment needs a look.
-    pub fn note_expiry(&mut self, location: u64, expires_at_ms: u64) {
-        if expires_at_ms == 0 {
+    pub fn note_expiry(&mut self, location: u64, expiry_ms: u64) {
+        if expiry_ms == 0 {
             return;
         }
         if let Some(segment) = self.get_segment_mut(segment_of(location)) {
-            segment.next_expiry_ms = segment.next_expiry_ms.min(expires_at_ms);
+            segment.next_expiry_ms = segment.next_expiry_ms.min(expiry_ms);
         }
     }
 

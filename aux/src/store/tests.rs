@@ -4,7 +4,7 @@ use super::*;
 use proptest::prelude::*;
 use shardcache_common::frame::shard_len;
 
-fn frame(key: &str, timestamp: u64, payload_len: usize, expires_at_ms: u64) -> ShardFrame {
+fn frame(key: &str, timestamp: u64, payload_len: usize, expiry_ms: u64) -> ShardFrame {
     let value_len = payload_len as u64 * 3;
     ShardFrame {
         key: key.to_owned(),
@@ -16,7 +16,7 @@ fn frame(key: &str, timestamp: u64, payload_len: usize, expires_at_ms: u64) -> S
         shard_index: 0,
         data_shards: 3,
         parity_shards: 2,
-        expires_at_ms,
+        expiry_ms,
         value_len,
         value_checksum: timestamp ^ 0x5555,
         payload: Bytes::from(vec![timestamp as u8; shard_len(value_len, 3)]),
@@ -480,19 +480,24 @@ proptest! {
                     let expires = ttl.map_or(0, |ttl| now_ms + u64::from(ttl) + 1);
                     let frame = frame(&format!("key-{key}"), timestamp.into(), payload_len.into(), expires);
                     if store.put(&frame, now_ms) == PutResult::Stored {
-                        newest.insert(key, timestamp);
+                        newest.insert(key, (timestamp, expires));
                     }
                 }
                 Op::Delete { key, timestamp } => {
-                    if store.put(&tombstone(&format!("key-{key}"), timestamp.into()), now_ms) == PutResult::Stored {
-                        newest.insert(key, timestamp);
+                    let tombstone = tombstone(&format!("key-{key}"), timestamp.into());
+                    if store.put(&tombstone, now_ms) == PutResult::Stored {
+                        newest.insert(key, (timestamp, tombstone.expiry_ms));
                     }
                 }
                 Op::Get { key } => {
                     if let Some(bytes) = store.get(&format!("key-{key}"), now_ms) {
                         let frame = ShardFrame::decode(bytes).unwrap();
-                        prop_assert!(!frame.is_expired(now_ms));
-                        prop_assert_eq!(Some(&(frame.version.timestamp as u8)), newest.get(&key));
+                        let (timestamp, deadline) = newest[&key];
+                        prop_assert_eq!(frame.version.timestamp as u8, timestamp);
+                        // Served with the time it has left, never past its deadline.
+                        prop_assert!(deadline == 0 || deadline > now_ms);
+                        let time_left = if deadline == 0 { 0 } else { deadline - now_ms };
+                        prop_assert_eq!(frame.expiry_ms, time_left);
                     }
                 }
                 Op::Sweep => {

@@ -76,14 +76,15 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
     let forged = ShardFrame {
         key: key.into(),
         version: Version {
-            timestamp: u64::MAX / 2,
+            // Newer than the real value, and not from the future (that is refused).
+            timestamp: (shardcache_common::unix_millis() << 16) + 1,
             writer: 7,
         },
         tombstone: false,
         shard_index: 0,
         data_shards: 1,
         parity_shards: 0,
-        expires_at_ms: 0,
+        expiry_ms: 0,
         value_len: forged_value.len() as u64,
         value_checksum: shardcache_common::codec::value_checksum(&forged_value),
         payload: Bytes::from(forged_value),

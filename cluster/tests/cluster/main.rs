@@ -8,6 +8,7 @@
 mod bad_input;
 mod batching;
 mod bench_smoke;
+mod clocks;
 mod concurrency;
 mod config_errors;
 mod data_path;

@@ -508,7 +508,7 @@ async fn repair_protects_the_value_behind_a_write_that_died_half_way() {
             shard_index: rank as u8,
             data_shards: 3,
             parity_shards: 2,
-            expires_at_ms: 0,
+            expiry_ms: 0,
             value_len: value.len() as u64,
             value_checksum: shardcache_common::codec::value_checksum(&value),
             payload: shard.into(),

@@ -129,12 +129,14 @@ impl Cluster {
         if doc == MembershipDoc::default() {
             return;
         }
-        let behind = answers.iter().filter_map(|(address, answer)| match answer {
-            Ok(health) if health.membership_version.is_none_or(|v| v < doc.version) => {
-                Some(address.clone())
-            }
-            _ => None,
-        });
+        let behind = answers
+            .iter()
+            .filter_map(|(address, answer, _)| match answer {
+                Ok(health) if health.membership_version.is_none_or(|v| v < doc.version) => {
+                    Some(address.clone())
+                }
+                _ => None,
+            });
         let offers = behind.map(|address| {
             let (client, doc) = (self.client.clone(), &doc);
             async move { (client.offer_membership(&address, doc).await, address) }

@@ -7,6 +7,7 @@
 //! - `membership.rs`: run-time membership (admin add/remove, the shared membership
 //!   document, DNS discovery).
 //! - `report.rs`: the typed [`ClusterReport`] that `GET /cluster` shows.
+//! - `clock.rs`: this master's clock against the aux nodes', from the probes.
 //!
 //! **Members** are aux addresses: the `--aux` list, plus the addresses `--aux-dns`
 //! resolves to, plus run-time additions, minus run-time removals. The run-time
@@ -33,6 +34,7 @@
 //! reads tolerate it (they fall back to the other nodes when the owners' answers are
 //! inconclusive) and repair moves such shards to their owners.
 
+mod clock;
 mod membership;
 mod probe;
 mod report;
@@ -49,6 +51,7 @@ use shardcache_common::wire::{AuxStoreSummary, MembershipDoc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use clock::{ClockReport, ClockSample};
 use membership::DnsState;
 pub use membership::MembershipError;
 pub use report::{ClusterReport, NodeReport};
@@ -69,6 +72,9 @@ pub struct ClusterSettings {
     pub repair_grace: Duration,
     /// Fewest members the admin API may leave: `k + m`.
     pub min_members: usize,
+    /// How far this master's clock may be from the aux nodes' before it refuses
+    /// writes (see `clock.rs`).
+    pub max_clock_skew: Duration,
 }
 
 /// What this master knows about one member address.
@@ -83,6 +89,8 @@ struct Member {
     state_since: Instant,
     last_error: Option<String>,
     store: Option<AuxStoreSummary>,
+    /// Its clock against ours, from its last answer that told.
+    clock: Option<ClockSample>,
 }
 
 impl Member {
@@ -96,6 +104,7 @@ impl Member {
             state_since: now,
             last_error: Some("not probed yet".into()),
             store: None,
+            clock: None,
         }
     }
 }
@@ -114,6 +123,10 @@ pub struct Cluster {
     /// `(id, ignored address)` pairs where two live addresses report one node id,
     /// as of the last publish: each is warned about once, not every probe round.
     duplicate_ids: Mutex<BTreeSet<(Arc<str>, String)>>,
+    /// This master's clock against the aux nodes', as of the last probe round.
+    clock_report: Mutex<ClockReport>,
+    /// Addresses whose clocks are off the others' (each warned about once).
+    clocks_off: Mutex<BTreeSet<String>>,
 }
 
 impl Cluster {
@@ -124,14 +137,17 @@ impl Cluster {
             .iter()
             .map(|address| (address.clone(), Member::new(Source::Configured, now)))
             .collect();
+        let max_skew = settings.max_clock_skew;
         Cluster {
+            clock_report: Mutex::new(clock::master_lead(&[], max_skew.as_millis() as u64)),
+            clocks_off: Mutex::default(),
+            clock: HybridClock::with_random_writer(max_skew),
             settings,
             client,
             view: RwLock::new(Arc::new(View::empty())),
             members: Mutex::new(members),
             doc: Mutex::new(MembershipDoc::default()),
             dns: Mutex::new(DnsState::default()),
-            clock: HybridClock::with_random_writer(),
             epochs: watch::channel(0).0,
             duplicate_ids: Mutex::default(),
         }
@@ -140,6 +156,33 @@ impl Cluster {
     /// The current picture of the cluster.
     pub fn view(&self) -> Arc<View> {
         self.view.read().clone()
+    }
+
+    /// This master's clock against the aux nodes' (see `clock.rs`).
+    pub fn clock_report(&self) -> ClockReport {
+        *self.clock_report.lock()
+    }
+
+    /// An error saying why, while this master's clock is proven further from the
+    /// aux nodes' than `--max-clock-skew`: writes stamped by it would be refused by
+    /// the aux nodes or outrank later ones for that long.
+    pub fn check_clock(&self) -> Result<(), String> {
+        let report = self.clock_report();
+        match report.lead_ms {
+            Some(lead_ms) if report.beyond_bound => Err(format!(
+                "this master's clock is {} ms {} the aux nodes' (±{} ms), more than --max-clock-skew ({} ms); writes are refused until its clock is fixed",
+                lead_ms.unsigned_abs(),
+                if lead_ms > 0 { "ahead of" } else { "behind" },
+                report.uncertainty_ms.unwrap_or(0),
+                report.max_skew_ms
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether some aux node's clock is off the others' by more than the bound.
+    pub fn any_clock_off(&self) -> bool {
+        !self.clocks_off.lock().is_empty()
     }
 
     /// Wakes whenever placement changes (the value is the new epoch).

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shardcache_common::aux_client::AuxError;
+use shardcache_common::unix_millis;
 use shardcache_common::version::Version;
 use shardcache_common::wire::AuxHealth;
 
+use super::clock::{self, ClockSample};
 use super::{Cluster, ClusterSettings, Member, NodeState, Slots};
 
-/// One member's answer to a probe, by address.
-pub(super) type ProbeAnswer = (String, Result<AuxHealth, AuxError>);
+/// One member's answer to a probe, by address, with what it said of its clock.
+pub(super) type ProbeAnswer = (String, Result<AuxHealth, AuxError>, Option<ClockSample>);
 
 impl Cluster {
     /// Resolves DNS if due, probes every member once, and publishes the new view.
@@ -23,14 +25,64 @@ impl Cluster {
         let probes = addresses.into_iter().map(|address| {
             let client = self.client.clone();
             async move {
+                let sent_ms = unix_millis();
                 let answer = client.health(&address).await;
-                (address, answer)
+                let received_ms = unix_millis();
+                let clock = answer.as_ref().ok().and_then(|health| {
+                    let aux_ms = health.unix_ms?;
+                    Some(ClockSample::from_probe(sent_ms, received_ms, aux_ms))
+                });
+                (address, answer, clock)
             }
         });
         let answers = futures::future::join_all(probes).await;
         let newest_doc = self.record_probes(&answers);
+        self.judge_clocks();
         self.sync_membership(&answers, newest_doc).await;
         self.publish();
+    }
+
+    /// Works out this master's lead over the aux nodes from their latest samples;
+    /// logs when it crosses `--max-clock-skew` either way, and each node whose own
+    /// clock is that far from the others'.
+    fn judge_clocks(&self) {
+        let max_skew_ms = self.settings.max_clock_skew.as_millis() as u64;
+        let members = self.members.lock();
+        let up_samples: Vec<ClockSample> = members
+            .values()
+            .filter(|member| member.state == NodeState::Up)
+            .filter_map(|member| member.clock)
+            .collect();
+        let report = clock::master_lead(&up_samples, max_skew_ms);
+        let mut previous = self.clock_report.lock();
+        if report.beyond_bound != previous.beyond_bound {
+            if report.beyond_bound {
+                tracing::error!(
+                    lead_ms = report.lead_ms,
+                    uncertainty_ms = report.uncertainty_ms,
+                    max_skew_ms,
+                    "this master's clock is off the aux nodes' by more than --max-clock-skew; refusing writes until it is fixed"
+                );
+            } else {
+                tracing::info!(
+                    lead_ms = report.lead_ms,
+                    "this master's clock is back within --max-clock-skew; writes accepted"
+                );
+            }
+        }
+        *previous = report;
+        drop(previous);
+        let mut off = self.clocks_off.lock();
+        for (address, member) in members.iter() {
+            let is_off = member
+                .clock
+                .is_some_and(|sample| clock::node_is_off(sample, &report));
+            if is_off && off.insert(address.clone()) {
+                tracing::warn!(%address, id = member.id.as_deref().unwrap_or("?"), offset_ms = member.clock.map(|c| c.offset_ms), "aux node's clock is off the other nodes' by more than --max-clock-skew: its TTLs run early or late and it refuses writes");
+            } else if !is_off && off.remove(address) {
+                tracing::info!(%address, "aux node's clock is back within --max-clock-skew");
+            }
+        }
     }
 
     /// Folds one round of probe answers into the members' states. Returns the node
@@ -40,13 +92,14 @@ impl Cluster {
         let our_version = self.doc.lock().version;
         let mut newest: Option<(Version, String)> = None;
         let mut members = self.members.lock();
-        for (address, answer) in answers {
+        for (address, answer, clock) in answers {
             let Some(member) = members.get_mut(address) else {
                 continue; // removed while the probe ran
             };
             let next_state = match answer {
                 Ok(health) => {
                     member.heard(address, health, now);
+                    member.clock = *clock;
                     if let Some(version) = health.membership_version {
                         if version > our_version
                             && newest.as_ref().is_none_or(|(v, _)| version > *v)

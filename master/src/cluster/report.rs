@@ -1,5 +1,6 @@
-//! The cluster as `GET /cluster` shows it: ring version, placement epoch, every
-//! member with its state and store figures, and the membership document. The
+//! The cluster as `GET /cluster` shows it: ring version, placement epoch, this
+//! master's clock against the aux nodes', every member with its state, store figures
+//! and clock offset, and the membership document. The
 //! admin API adds the parts that are not the cluster's own (geometry, read-repair
 //! count, repair progress) next to these fields.
 
@@ -8,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use shardcache_common::wire::MembershipDoc;
 
-use super::{Cluster, Member, NodeState, Source, View};
+use super::{ClockReport, Cluster, Member, NodeState, Source, View};
 
 /// This master's picture of the cluster, field for field as `GET /cluster` shows
 /// it (the order of the fields is the order of the JSON keys).
@@ -19,6 +20,8 @@ pub struct ClusterReport {
     /// See [`View::epoch`].
     pub placement_epoch: u64,
     pub placement_changed_ms_ago: u64,
+    /// This master's clock against the aux nodes'.
+    pub clock: ClockReport,
     /// Every member, by address.
     pub nodes: Vec<NodeReport>,
     pub membership: MembershipDoc,
@@ -43,6 +46,12 @@ pub struct NodeReport {
     pub tombstones: Option<u64>,
     pub bytes: Option<u64>,
     pub capacity_bytes: Option<u64>,
+    /// Its clock minus this master's, from its last answer, give or take
+    /// `clock_uncertainty_ms`.
+    pub clock_offset_ms: Option<i64>,
+    pub clock_uncertainty_ms: Option<u64>,
+    /// Whether its clock is off the other nodes' by more than --max-clock-skew.
+    pub clock_off: bool,
 }
 
 impl Cluster {
@@ -51,14 +60,16 @@ impl Cluster {
         let view = self.view();
         let now = Instant::now();
         let members = self.members.lock().clone();
+        let clock = self.clock_report();
         let nodes = members
             .iter()
-            .map(|(address, member)| NodeReport::of(address, member, &view, now))
+            .map(|(address, member)| NodeReport::of(address, member, &view, &clock, now))
             .collect();
         ClusterReport {
             ring_version: view.ring_version.clone(),
             placement_epoch: view.epoch,
             placement_changed_ms_ago: millis_since(view.changed_at, now),
+            clock,
             nodes,
             membership: self.doc.lock().clone(),
         }
@@ -66,7 +77,7 @@ impl Cluster {
 }
 
 impl NodeReport {
-    fn of(address: &str, member: &Member, view: &View, now: Instant) -> Self {
+    fn of(address: &str, member: &Member, view: &View, clock: &ClockReport, now: Instant) -> Self {
         let on_ring = member
             .id
             .as_ref()
@@ -86,6 +97,11 @@ impl NodeReport {
             tombstones: store.map(|store| store.tombstones),
             bytes: store.map(|store| store.bytes),
             capacity_bytes: store.map(|store| store.capacity_bytes),
+            clock_offset_ms: member.clock.map(|sample| sample.offset_ms),
+            clock_uncertainty_ms: member.clock.map(|sample| sample.uncertainty_ms),
+            clock_off: member
+                .clock
+                .is_some_and(|sample| super::clock::node_is_off(sample, clock)),
         }
     }
 }

@@ -86,6 +86,7 @@ impl DataPath {
         metrics: Arc<MasterMetrics>,
         write_quorum: usize,
         tombstone_ttl: Duration,
+        max_clock_skew: Duration,
     ) -> Self {
         let read_floors = ReadFloors::new(
             codec.total_shards(),
@@ -97,7 +98,7 @@ impl DataPath {
             codec,
             shards,
             metrics,
-            clock: HybridClock::with_random_writer(),
+            clock: HybridClock::with_random_writer(max_clock_skew),
             write_quorum,
             read_floors,
             tombstone_ttl,

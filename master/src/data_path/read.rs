@@ -7,7 +7,6 @@ use std::time::Duration;
 use shardcache_common::aux_client::PutOutcome;
 use shardcache_common::codec::CodecError;
 use shardcache_common::frame::ShardFrame;
-use shardcache_common::unix_millis;
 use shardcache_common::version::Version;
 
 use super::verdict::{self, SeenVersions, Verdict};
@@ -148,7 +147,6 @@ impl DataPath {
         settle_early: bool,
     ) {
         let mut answers = self.shards.gather(key, nodes);
-        let now_ms = unix_millis();
         while let Some((node, outcome)) = futures::StreamExt::next(&mut answers).await {
             match outcome {
                 Ok(Some(frame)) if frame.key != key => {
@@ -168,7 +166,6 @@ impl DataPath {
                     );
                     seen.add_failure();
                 }
-                Ok(Some(frame)) if frame.is_expired(now_ms) => seen.add_none(node),
                 Ok(Some(frame)) => {
                     self.clock.observe(frame.version);
                     seen.add(node, frame);

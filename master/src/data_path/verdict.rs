@@ -267,7 +267,7 @@ mod tests {
             shard_index: index,
             data_shards: 3,
             parity_shards: 2,
-            expires_at_ms: 0,
+            expiry_ms: 0,
             value_len: if tombstone { 0 } else { 3 },
             value_checksum: 0,
             payload: if tombstone {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use shardcache_common::aux_client::PutOutcome;
 use shardcache_common::unix_millis;
-use shardcache_common::version::Version;
+use shardcache_common::version::{HybridClock, Version};
 
 use super::DataPath;
 use crate::error::ApiError;
@@ -48,8 +48,9 @@ enum Stamp {
 enum Stored {
     /// `W` owners hold this version.
     Acknowledged,
-    /// Too many owners hold a newer version for this one to reach `W`.
-    Outranked,
+    /// Too many owners hold a newer version for this one to reach `W`; the newest
+    /// of them.
+    Outranked(Version),
 }
 
 impl DataPath {
@@ -60,10 +61,11 @@ impl DataPath {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<Version, ApiError> {
-        let expires_at_ms = ttl.map_or(0, |ttl| unix_millis() + ttl.as_millis() as u64);
+        // Time left, not a deadline: each aux node decides expiry on its own clock.
+        let expiry_ms = ttl.map_or(0, |ttl| (ttl.as_millis() as u64).max(1));
         let codec: &Codec = &self.codec;
         self.store_versions(key, QuorumOp::Write, |version| {
-            frames::encoded_value(codec, key, version, value, expires_at_ms)
+            frames::encoded_value(codec, key, version, value, expiry_ms)
         })
         .await
     }
@@ -74,10 +76,10 @@ impl DataPath {
             return Ok(false);
         };
         self.clock.observe(found.version);
-        let expires_at_ms = unix_millis() + self.tombstone_ttl.as_millis() as u64;
+        let expiry_ms = (self.tombstone_ttl.as_millis() as u64).max(1);
         let geometry = Geometry::of(&self.codec);
         self.store_versions(key, QuorumOp::Delete, |version| {
-            frames::encoded_tombstones(key, version, geometry, expires_at_ms)
+            frames::encoded_tombstones(key, version, geometry, expiry_ms)
         })
         .await?;
         Ok(true)
@@ -91,15 +93,27 @@ impl DataPath {
         op: QuorumOp,
         frames_of: impl Fn(Version) -> Vec<Bytes>,
     ) -> Result<Version, ApiError> {
+        self.cluster.check_clock().map_err(ApiError::Unavailable)?;
+        let mut newest_met = None;
         for stamp in [Stamp::First, Stamp::Restamped] {
             let version = self.clock.next();
+            if newest_met.is_some_and(|newest| version <= newest) {
+                // The clock moves at most --max-clock-skew ahead for what it sees, so
+                // a version from further ahead (a writer whose clock ran fast before
+                // the aux nodes refused it) cannot be outranked without that jump.
+                return Err(ApiError::Unavailable(format!(
+                    "{key:?} holds a version from {} ms in the future (a writer's clock is off); refusing rather than being hidden by it",
+                    newest_met.map_or(0, |newest| HybridClock::lead_of(newest, unix_millis()))
+                )));
+            }
             match self
                 .store_frames(key, version, stamp, frames_of(version), op)
                 .await?
             {
                 Stored::Acknowledged => return Ok(version),
-                Stored::Outranked => {
-                    tracing::debug!(key, %version, "met a newer version; re-stamping above it")
+                Stored::Outranked(newest) => {
+                    tracing::debug!(key, %version, %newest, "met a newer version; re-stamping above it");
+                    newest_met = Some(newest);
                 }
             }
         }
@@ -137,6 +151,7 @@ impl DataPath {
             (owner, async move { shards.put(&node, frame).await })
         }));
         let (mut acknowledged, mut outranked, mut failures) = (0, 0, Vec::new());
+        let mut newest_met = version;
         while let Some((owner, outcome)) = answers.recv().await {
             match outcome {
                 Ok(PutOutcome::Stored) => acknowledged += 1,
@@ -150,6 +165,7 @@ impl DataPath {
                 }
                 Ok(PutOutcome::Superseded(newer)) => {
                     self.clock.observe(newer);
+                    newest_met = newest_met.max(newer);
                     outranked += 1;
                 }
                 Err(error) => {
@@ -162,7 +178,7 @@ impl DataPath {
             }
             if outranked + failures.len() > total - self.write_quorum {
                 if outranked > 0 {
-                    return Ok(Stored::Outranked);
+                    return Ok(Stored::Outranked(newest_met));
                 }
                 break;
             }

@@ -219,6 +219,6 @@ fn tombstone(key: &str, newest: &InventoryEntry, index: u8) -> ShardFrame {
         newest.version,
         usize::from(index),
         geometry,
-        newest.expires_at_ms,
+        newest.expiry_ms,
     )
 }

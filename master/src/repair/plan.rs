@@ -215,7 +215,7 @@ mod tests {
             data_shards: 3,
             parity_shards: 2,
             tombstone,
-            expires_at_ms: 0,
+            expiry_ms: 0,
         };
         (node(n), entry)
     }

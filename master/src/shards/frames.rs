@@ -47,7 +47,7 @@ pub fn tombstone(
     version: Version,
     index: usize,
     geometry: Geometry,
-    expires_at_ms: u64,
+    expiry_ms: u64,
 ) -> ShardFrame {
     ShardFrame {
         key: key.to_owned(),
@@ -56,7 +56,7 @@ pub fn tombstone(
         shard_index: index as u8,
         data_shards: geometry.data_shards,
         parity_shards: geometry.parity_shards,
-        expires_at_ms,
+        expiry_ms,
         value_len: 0,
         value_checksum: 0,
         payload: Bytes::new(),
@@ -68,10 +68,10 @@ pub fn encoded_tombstones(
     key: &str,
     version: Version,
     geometry: Geometry,
-    expires_at_ms: u64,
+    expiry_ms: u64,
 ) -> Vec<Bytes> {
     (0..geometry.total())
-        .map(|index| tombstone(key, version, index, geometry, expires_at_ms).encode())
+        .map(|index| tombstone(key, version, index, geometry, expiry_ms).encode())
         .collect()
 }
 
@@ -81,7 +81,7 @@ pub fn encoded_value(
     key: &str,
     version: Version,
     value: &[u8],
-    expires_at_ms: u64,
+    expiry_ms: u64,
 ) -> Vec<Bytes> {
     let checksum = value_checksum(value);
     codec
@@ -94,7 +94,7 @@ pub fn encoded_value(
                 value_len: value.len() as u64,
                 value_checksum: checksum,
                 payload: Bytes::from(shard),
-                ..tombstone(key, version, index, Geometry::of(codec), expires_at_ms)
+                ..tombstone(key, version, index, Geometry::of(codec), expiry_ms)
             }
             .encode()
         })
@@ -191,7 +191,7 @@ mod tests {
             let frame = ShardFrame::decode(bytes).unwrap();
             assert!(frame.tombstone && frame.payload.is_empty());
             assert_eq!(
-                (frame.shard_index as usize, frame.expires_at_ms),
+                (frame.shard_index as usize, frame.expiry_ms),
                 (index, 1_000)
             );
         }
