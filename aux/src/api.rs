@@ -10,6 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use shardcache_common::cluster_token::{self, ClusterToken};
 use shardcache_common::frame::{self, ShardFrame};
 use shardcache_common::version::{HybridClock, Version};
 use shardcache_common::wire::{
@@ -38,6 +39,8 @@ pub struct AuxState {
     /// `--max-clock-skew` in milliseconds: the furthest ahead of this node's clock
     /// a stored version may be stamped.
     pub max_clock_skew_ms: u64,
+    /// Required on every internal route (see `cluster_token`).
+    pub cluster_token: ClusterToken,
     pub node_id: Arc<str>,
     /// Random per process start (see [`AuxHealth::instance`]).
     pub instance: u64,
@@ -55,7 +58,7 @@ pub fn app(state: AuxState) -> Router {
     if state.metrics_on_api_listener {
         router = router.route("/metrics", get(metrics));
     }
-    router
+    let internal = Router::new()
         .route(wire::SHARDS_PATH, put(put_shard))
         .route(
             &format!("{}/{{key}}", wire::SHARDS_PATH),
@@ -68,6 +71,12 @@ pub fn app(state: AuxState) -> Router {
             wire::MEMBERSHIP_PATH,
             get(get_membership).put(put_membership),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.cluster_token.clone(),
+            cluster_token::require,
+        ));
+    router
+        .merge(internal)
         .route("/health", get(health))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(state.max_frame_bytes))
@@ -312,6 +321,7 @@ mod tests {
             store: Arc::new(ShardStore::new(1 << 20)),
             max_frame_bytes: 1 << 20,
             max_clock_skew_ms: 1_000,
+            cluster_token: ClusterToken::default(),
             node_id: "aux-test".into(),
             instance: 1,
             leases: Arc::default(),

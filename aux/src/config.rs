@@ -66,6 +66,15 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
     pub max_clock_skew: HumanDuration,
 
+    /// A shared secret masters must present (`Authorization: Bearer …`) on every
+    /// internal route; `/health` and `/metrics` stay open. Unset or empty: none.
+    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+
+    /// Read the cluster token from this file instead (a mounted secret).
+    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<std::path::PathBuf>,
+
     /// How often expired shards are swept out of memory.
     #[arg(long, env = "SHARDCACHE_SWEEP_INTERVAL", default_value = "1s")]
     pub sweep_interval: HumanDuration,

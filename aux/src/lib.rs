@@ -23,6 +23,7 @@ pub mod snapshot;
 pub mod snapshotter;
 pub mod store;
 
+use shardcache_common::cluster_token::ClusterToken;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,11 @@ pub async fn run(
         store: store.clone(),
         max_frame_bytes: config.max_frame_bytes(),
         max_clock_skew_ms: config.max_clock_skew.0.as_millis() as u64,
+        cluster_token: ClusterToken::from_flags(
+            config.cluster_token.as_deref(),
+            config.cluster_token_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?,
         node_id: node_id.as_str().into(),
         instance: rand::random(),
         leases: Arc::default(),

@@ -52,6 +52,8 @@ pub struct AuxClient<C = HttpConnector> {
     http: Client<C, Full<Bytes>>,
     timeout: Duration,
     max_response_bytes: usize,
+    /// `Authorization` sent with every call (see `cluster_token`).
+    authorization: Option<http::HeaderValue>,
 }
 
 impl AuxClient<HttpConnector> {
@@ -77,9 +79,16 @@ where
             .build(connector);
         AuxClient {
             http,
+            authorization: None,
             timeout,
             max_response_bytes,
         }
+    }
+
+    /// The same client presenting `token` on every call.
+    pub fn with_token(mut self, token: &crate::cluster_token::ClusterToken) -> Self {
+        self.authorization = token.header_value();
+        self
     }
 
     /// How long any one call may take.
@@ -246,10 +255,14 @@ where
         body: Bytes,
         max_response_bytes: usize,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes), AuxError> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{node}{path}"))
-            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_TYPE, "application/octet-stream");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let request = request
             .body(Full::new(body))
             .map_err(|error| AuxError::Transport(format!("build request: {error}")))?;
         let exchange = async {

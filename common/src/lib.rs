@@ -17,6 +17,7 @@
 //!   [`server`]: the aux port's serve loop (header timeout, connection cap).
 
 pub mod aux_client;
+pub mod cluster_token;
 pub mod codec;
 pub mod frame;
 pub mod http_limits;

@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
 use crate::metrics::{ClockFigures, ReadResult};
 use crate::repair::{RepairStatus, Repairer};
+use shardcache_common::cluster_token::{self, ClusterToken};
 
 /// Longest a request may take, reading its body included: far beyond any read or
 /// write (each shard call is bounded by `--shard-timeout`), so it only ever stops a
@@ -43,6 +44,8 @@ pub struct AppState {
     pub geometry: Geometry,
     /// Serve `/metrics` on the client listener (false with `--metrics-listen`).
     pub metrics_on_client_listener: bool,
+    /// Required on the admin API, `/cluster…` (see `cluster_token`).
+    pub cluster_token: ClusterToken,
 }
 
 /// The erasure-coding geometry, as `/health` and `/cluster` show it.
@@ -77,15 +80,21 @@ pub fn app(state: AppState) -> Router {
     if state.metrics_on_client_listener {
         router = router.route("/metrics", get(metrics));
     }
+    let admin = Router::new()
+        .route("/cluster", get(cluster))
+        .route("/cluster/nodes", post(add_node))
+        .route("/cluster/nodes/{id}", axum::routing::delete(remove_node))
+        .route_layer(middleware::from_fn_with_state(
+            state.cluster_token.clone(),
+            cluster_token::require,
+        ));
     router
         .route("/data", post(set_value))
         .route("/data/", get(empty_key).delete(empty_key))
         .route("/data/{*key}", get(get_value).delete(delete_value))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/cluster", get(cluster))
-        .route("/cluster/nodes", post(add_node))
-        .route("/cluster/nodes/{id}", axum::routing::delete(remove_node))
+        .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))

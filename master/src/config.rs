@@ -128,6 +128,16 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
     pub max_clock_skew: HumanDuration,
 
+    /// A shared secret sent to the aux nodes (which require it when given the same
+    /// `--cluster-token`) and required on this master's admin API (`/cluster…`) as
+    /// `Authorization: Bearer …`. Unset or empty: none.
+    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+
+    /// Read the cluster token from this file instead (a mounted secret).
+    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<std::path::PathBuf>,
+
     /// Repair without taking the lease (tests only: proves that concurrent repairs
     /// are harmless).
     #[arg(long, hide = true)]

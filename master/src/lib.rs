@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod repair;
 pub mod shards;
 
+use shardcache_common::cluster_token::ClusterToken;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +76,12 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     // A shard response is one frame: at most a shard of the largest value plus header.
     let max_shard_bytes =
         config.max_value_size.bytes() as usize / usize::from(config.data_shards) + (1 << 20);
-    let client = AuxClient::new(config.shard_timeout.0, max_shard_bytes);
+    let token = ClusterToken::from_flags(
+        config.cluster_token.as_deref(),
+        config.cluster_token_file.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let client = AuxClient::new(config.shard_timeout.0, max_shard_bytes).with_token(&token);
     let total_shards = usize::from(config.data_shards) + usize::from(config.parity_shards);
     let settings = ClusterSettings {
         seeds: config
@@ -93,7 +99,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         min_members: total_shards,
         max_clock_skew: config.max_clock_skew.0,
     };
-    let probe_client = AuxClient::new(config.probe_timeout.0, 1 << 20);
+    let probe_client = AuxClient::new(config.probe_timeout.0, 1 << 20).with_token(&token);
     let cluster = Arc::new(Cluster::new(settings, probe_client));
     let metrics = Arc::new(MasterMetrics::new());
     let shards = ShardClient::new(
@@ -134,6 +140,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
             write_quorum: config.write_quorum(),
         },
         metrics_on_client_listener: config.metrics_listen.is_none(),
+        cluster_token: token,
     })
 }
 

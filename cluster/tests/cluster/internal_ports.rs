@@ -2,6 +2,8 @@
 //! nodes answer: a declared oversize body is refused before a byte of it is read
 //! (no `100 Continue`), a body that never comes is given up on, and a well-formed
 //! frame claiming a geometry the cluster does not write is never served as a value.
+//! With a cluster token set, internal routes and the admin API refuse anyone
+//! without it.
 
 use std::time::{Duration, Instant};
 
@@ -173,4 +175,79 @@ async fn slow_headers_are_cut_off_and_connections_are_capped_on_the_aux_port() {
         cluster.value("after the flood").await.as_deref(),
         Some("fine")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_token_internal_ports_and_the_admin_api_refuse_strangers() {
+    const TOKEN: &str = "correct horse battery staple";
+    let cluster = TestCluster::start_with(|spec| {
+        for args in [&mut spec.aux_args, &mut spec.master_args] {
+            args.extend(["--cluster-token".into(), TOKEN.into()]);
+        }
+    });
+    // The masters present it: the data path works.
+    assert_eq!(cluster.set("k", "v").await.0, 200);
+    assert_eq!(cluster.value("k").await.as_deref(), Some("v"));
+
+    let aux = cluster.cluster.aux[0].addr;
+    let shard_url = format!("http://{aux}{}/k", wire::SHARDS_PATH);
+    let master = cluster.master();
+    let requests = [
+        (reqwest::Method::GET, shard_url.clone()),
+        (
+            reqwest::Method::PUT,
+            format!("http://{aux}{}", wire::SHARDS_PATH),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("http://{aux}{}", wire::INVENTORY_PATH),
+        ),
+        (reqwest::Method::GET, format!("{master}/cluster")),
+        (reqwest::Method::POST, format!("{master}/cluster/nodes")),
+    ];
+    for (method, url) in &requests {
+        for authorization in [None, Some("Bearer wrong"), Some(TOKEN)] {
+            let mut request = cluster.http.request(method.clone(), url);
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                401,
+                "{method} {url} with {authorization:?}"
+            );
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+        }
+    }
+    // With it, they answer; health and the client API stay open.
+    let bearer = format!("Bearer {TOKEN}");
+    let shard = cluster
+        .http
+        .get(&shard_url)
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [200, 404].contains(&shard.status().as_u16()),
+        "{}",
+        shard.status()
+    );
+    let view = cluster
+        .http
+        .get(format!("{master}/cluster"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(view.status(), 200);
+    for url in [format!("http://{aux}/health"), format!("{master}/health")] {
+        assert_eq!(
+            cluster.http.get(&url).send().await.unwrap().status(),
+            200,
+            "{url}"
+        );
+    }
 }
