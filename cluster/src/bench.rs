@@ -19,6 +19,7 @@ use futures::{stream, StreamExt};
 use rand::Rng;
 use shardcache_common::units::{ByteSize, HumanDuration};
 
+use crate::bench_support::print_and_write;
 use crate::harness::{ClusterSpec, LocalCluster};
 
 /// Measure GET/SET throughput, latency and memory of erasure coding vs replication.
@@ -181,17 +182,6 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ));
     }
     print_and_write(&report, &args.output)?;
-    Ok(())
-}
-
-/// Prints a report and writes it to `output`, creating its directory.
-pub(crate) fn print_and_write(report: &str, output: &std::path::Path) -> anyhow::Result<()> {
-    println!("{report}");
-    if let Some(parent) = output.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    }
-    std::fs::write(output, report).with_context(|| format!("write {}", output.display()))?;
-    println!("written to {}", output.display());
     Ok(())
 }
 

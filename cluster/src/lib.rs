@@ -11,6 +11,9 @@
 //! - [`bench_memory`]: the `shardcache bench-memory` command (aux RSS per user byte
 //!   for erasure coding and replication, next to Redis and memcached).
 //! - [`plot`]: grouped bar charts as SVG and PNG, for the benchmarks.
+//! - [`bench_support`] and [`proc_stat`]: what the benchmarks share (keys and
+//!   values, third-party servers as children, package installs, report files) and
+//!   what they read from `/proc` (CPU time, memory, children).
 //!
 //! The `shardcache` binary links the master and aux libraries and runs them as its
 //! `master` and `aux` subcommands, so `cargo run --bin shardcache -- up` builds one
@@ -18,7 +21,9 @@
 
 pub mod bench;
 pub mod bench_memory;
+pub mod bench_support;
 pub mod harness;
 pub mod plot;
+pub mod proc_stat;
 pub mod repair_bench;
 pub mod up;
