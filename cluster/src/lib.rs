@@ -10,6 +10,8 @@
 //!   node's shards are rebuilt).
 //! - [`bench_memory`]: the `shardcache bench-memory` command (aux RSS per user byte
 //!   for erasure coding and replication, next to Redis and memcached).
+//! - [`delay_proxy`]: a TCP relay that holds every chunk for a set time, to make
+//!   one aux node slow in a benchmark.
 //! - [`plot`]: grouped bar charts as SVG and PNG, for the benchmarks.
 //! - [`bench_support`] and [`proc_stat`]: what the benchmarks share (keys and
 //!   values, third-party servers as children, package installs, report files) and
@@ -22,6 +24,7 @@
 pub mod bench;
 pub mod bench_memory;
 pub mod bench_support;
+pub mod delay_proxy;
 pub mod harness;
 pub mod plot;
 pub mod proc_stat;
