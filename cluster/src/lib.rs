@@ -6,6 +6,8 @@
 //!   ([`harness::LocalCluster`]); shared by `shardcache up` and the cluster tests.
 //! - [`up`]: the `shardcache up` command.
 //! - [`bench`]: the `shardcache bench` command (erasure coding vs replication).
+//! - [`bench_bare`]: the hidden `shardcache bench-bare`, a bare server of the
+//!   master's data API from an in-memory map (the throughput baseline).
 //! - [`repair_bench`]: the `shardcache bench-repair` command (how fast a lost aux
 //!   node's shards are rebuilt).
 //! - [`bench_memory`]: the `shardcache bench-memory` command (aux RSS per user byte
@@ -22,6 +24,7 @@
 //! executable and spawns copies of itself.
 
 pub mod bench;
+pub mod bench_bare;
 pub mod bench_memory;
 pub mod bench_support;
 pub mod delay_proxy;
