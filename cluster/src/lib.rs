@@ -8,6 +8,9 @@
 //! - [`bench`]: the `shardcache bench` command (erasure coding vs replication).
 //! - [`bench_bare`]: the hidden `shardcache bench-bare`, a bare server of the
 //!   master's data API from an in-memory map (the throughput baseline).
+//! - [`load_generators`]: wrk (with `cluster/bench/wrk-data-api.lua`),
+//!   redis-benchmark and memaslap as processes of their own: commands, CPU time,
+//!   output parsers.
 //! - [`repair_bench`]: the `shardcache bench-repair` command (how fast a lost aux
 //!   node's shards are rebuilt).
 //! - [`bench_memory`]: the `shardcache bench-memory` command (aux RSS per user byte
@@ -29,6 +32,7 @@ pub mod bench_memory;
 pub mod bench_support;
 pub mod delay_proxy;
 pub mod harness;
+pub mod load_generators;
 pub mod plot;
 pub mod proc_stat;
 pub mod repair_bench;
