@@ -5,7 +5,9 @@
 //! - [`harness`]: spawns and controls real master and aux processes
 //!   ([`harness::LocalCluster`]); shared by `shardcache up` and the cluster tests.
 //! - [`up`]: the `shardcache up` command.
-//! - [`bench`]: the `shardcache bench` command (erasure coding vs replication).
+//! - [`bench`]: the `shardcache bench` command (throughput, latency and CPU per
+//!   request of shardcache next to a bare server of the same API, behind nginx,
+//!   with one slow aux node, and next to Redis and memcached).
 //! - [`bench_bare`]: the hidden `shardcache bench-bare`, a bare server of the
 //!   master's data API from an in-memory map (the throughput baseline).
 //! - [`load_generators`]: wrk (with `cluster/bench/wrk-data-api.lua`),

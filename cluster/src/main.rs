@@ -22,7 +22,8 @@ enum Command {
     Master(shardcache_master::MasterConfig),
     /// Run one aux node.
     Aux(shardcache_aux::AuxConfig),
-    /// Measure throughput, latency and memory: erasure coding vs replication vs bare axum.
+    /// Measure throughput, latency and CPU per request: shardcache vs a bare server
+    /// with the same API, behind nginx, with one slow aux node, and Redis and memcached.
     Bench(shardcache::bench::BenchArgs),
     /// Serve the data API from an in-memory map: `bench`'s baseline.
     #[command(hide = true)]
