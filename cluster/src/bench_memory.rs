@@ -20,22 +20,25 @@
 //! is bounded in count and time; the reference servers are killed by PID when the
 //! benchmark ends and, through a watchdog on a pipe, when it dies.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context};
 use futures::{stream, StreamExt};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde::Serialize;
 use shardcache_common::units::{ByteSize, HumanDuration};
 
+use crate::bench_support::{
+    copy_executable, encode_memcached_set, encode_redis_set, ensure_installed, free_port, key,
+    memcached_args, program_path, program_version, redis_args, replace_section, shell_command,
+    utc_date, value, write_file, ChildServer, KEY_LEN,
+};
 use crate::harness::{ClusterSpec, LocalCluster, Node};
 use crate::plot::{BarChart, Marker, Series};
+use crate::proc_stat::read_rss;
 
 /// Measure memory per user byte: erasure coding vs replication vs Redis and memcached.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,9 +66,6 @@ pub struct BenchMemoryArgs {
     #[arg(long, default_value = "docs/bench-memory.png")]
     pub plot: PathBuf,
 }
-
-/// Every key is this long: `k` and 15 digits.
-const KEY_LEN: usize = 16;
 
 /// The section of the Markdown file this benchmark owns.
 const SECTION_HEADING: &str = "## Memory";
@@ -97,8 +97,7 @@ const STEADY_FRACTION: f64 = 0.01;
 const PIPELINE_COMMANDS: usize = 512;
 const PIPELINE_BYTES: usize = 1 << 20;
 
-/// How long a reference server gets to accept connections, and to answer a batch.
-const REFERENCE_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a reference server gets to answer a batch.
 const REFERENCE_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Copies a reference server keeps to survive 2 failures, like 3+2 coding.
@@ -332,15 +331,6 @@ pub fn bench_memory(args: BenchMemoryArgs) -> anyhow::Result<()> {
     write_outputs(&args, &report)
 }
 
-/// Copies the running executable into `dir` and returns the copy's path.
-fn copy_executable(dir: &Path) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("find the shardcache executable")?;
-    let copy = dir.join("shardcache");
-    std::fs::copy(&exe, &copy)
-        .with_context(|| format!("copy {} to {}", exe.display(), copy.display()))?;
-    Ok(copy)
-}
-
 /// The workloads at `scale`, at least one key each.
 fn workloads(scale: f64) -> anyhow::Result<Vec<Workload>> {
     WORKLOADS
@@ -408,121 +398,9 @@ fn is_steady(previous: u64, current: u64) -> bool {
     (current as f64 - previous as f64).abs() < previous as f64 * STEADY_FRACTION
 }
 
-/// The `VmRSS` of a `/proc/PID/status` text, in bytes.
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let mut fields = line["VmRSS:".len()..].split_whitespace();
-    let number: u64 = fields.next()?.parse().ok()?;
-    match fields.next() {
-        Some("kB") | None => Some(number * 1024),
-        Some(_) => None,
-    }
-}
-
-/// The key of index `index`: 16 bytes.
-fn key(index: u64) -> String {
-    format!("k{index:015}")
-}
-
-/// A value of `len` lowercase letters that differs from key to key.
-fn value(index: u64, len: usize) -> String {
-    (0..len)
-        .map(|offset| char::from(b'a' + ((index as usize + offset) % 26) as u8))
-        .collect()
-}
-
-/// Appends a Redis `SET key value` in RESP.
-fn encode_redis_set(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    out.extend_from_slice(b"*3\r\n$3\r\nSET\r\n");
-    for part in [key, value] {
-        out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
-        out.extend_from_slice(part);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// Appends a memcached text-protocol `set` (no flags, no expiry).
-fn encode_memcached_set(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    out.extend_from_slice(b"set ");
-    out.extend_from_slice(key);
-    out.extend_from_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The date of `now` in UTC as `YYYY-MM-DD` (civil-from-days, proleptic Gregorian).
-fn utc_date(now: SystemTime) -> String {
-    let seconds = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
-    format!("{year:04}-{month:02}-{day:02}")
-}
-
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// The command line as one a shell would run again (arguments quoted when needed).
-fn shell_command(args: &[String]) -> String {
-    args.iter()
-        .map(|arg| {
-            let plain = !arg.is_empty()
-                && arg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-            match plain {
-                true => arg.clone(),
-                false => format!("'{}'", arg.replace('\'', r"'\''")),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `doc` with the section under `heading` (up to the next `## ` heading) replaced by
-/// `section`, or `section` appended when there is none; a new document gets a title.
-fn replace_section(doc: &str, heading: &str, section: &str) -> String {
-    let section = format!("{}\n", section.trim_end());
-    if doc.trim().is_empty() {
-        return format!("# Benchmarks\n\n{section}");
-    }
-    let lines: Vec<&str> = doc.split_inclusive('\n').collect();
-    let start = lines.iter().position(|line| line.trim_end() == heading);
-    let Some(start) = start else {
-        return format!("{}\n\n{section}", doc.trim_end());
-    };
-    let end = lines[start + 1..]
-        .iter()
-        .position(|line| line.starts_with("## "))
-        .map_or(lines.len(), |offset| start + 1 + offset);
-    let before: String = lines[..start].concat();
-    let after: String = lines[end..].concat();
-    match after.is_empty() {
-        true => format!("{before}{section}"),
-        false => format!("{before}{section}\n{after}"),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Process memory
 // ---------------------------------------------------------------------------
-
-/// The resident set of process `pid`, in bytes.
-fn read_rss(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    parse_vm_rss(&status).with_context(|| format!("find VmRSS in {path}"))
-}
 
 fn read_rss_all(pids: &[u32]) -> anyhow::Result<Vec<u64>> {
     pids.iter().map(|&pid| read_rss(pid)).collect()
@@ -817,58 +695,25 @@ const REDIS: ReferenceSystem = ReferenceSystem {
 const MEMCACHED: ReferenceSystem = ReferenceSystem {
     name: "memcached",
     program: "memcached",
-    args: memcached_args,
+    args: |port| memcached_args(port, 8192),
     version_args: &["-V"],
     encode_set: encode_memcached_set,
     stored: "STORED",
 };
 
-fn redis_args(port: u16) -> Vec<String> {
-    let args = [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--protected-mode",
-        "yes",
-        "--dir",
-        "/tmp",
-    ];
-    args.iter().map(|arg| arg.to_string()).collect()
-}
-
-fn memcached_args(port: u16) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-m",
-        "8192",
-        "-U",
-        "0",
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect();
-    // memcached refuses to run as root unless told which user to be.
-    if running_as_root() {
-        args.extend(["-u".to_owned(), "root".to_owned()]);
-    }
-    args
-}
-
 /// Starts a fresh server, loads the workload into it, waits for steady RSS and
 /// kills it.
 fn run_reference(system: &ReferenceSystem, workload: Workload) -> anyhow::Result<ReferenceRun> {
     let log_dir = tempfile::tempdir().context("create a temp dir for the server log")?;
-    let server = ReferenceServer::start(system, &log_dir.path().join("server.log"))?;
+    let program = program_path(system.program, system.program)?;
+    let port = free_port()?;
+    let server = ChildServer::start(
+        system.name,
+        &program,
+        &(system.args)(port),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        &log_dir.path().join("server.log"),
+    )?;
     let measured = measure_reference(system, &server, workload);
     if measured.is_err() {
         eprintln!("{} log:\n{}", system.name, server.log_tail());
@@ -879,7 +724,7 @@ fn run_reference(system: &ReferenceSystem, workload: Workload) -> anyhow::Result
 
 fn measure_reference(
     system: &ReferenceSystem,
-    server: &ReferenceServer,
+    server: &ChildServer,
     workload: Workload,
 ) -> anyhow::Result<ReferenceRun> {
     pipeline_load(server.addr, system, workload.warm_up())?;
@@ -891,7 +736,9 @@ fn measure_reference(
     let (rss_after, settled) = settle_process(server.pid)?;
     Ok(ReferenceRun {
         system: system.name,
-        version: program_version(system),
+        version: program_path(system.program, system.program)
+            .map(|program| program_version(&program, system.version_args))
+            .unwrap_or_default(),
         value_len: workload.value_len,
         keys: workload.keys,
         user_bytes: workload.user_bytes(),
@@ -981,15 +828,6 @@ fn settle_process(pid: u32) -> anyhow::Result<(u64, bool)> {
     Ok((previous, false))
 }
 
-fn program_version(system: &ReferenceSystem) -> String {
-    Command::new(system.program)
-        .args(system.version_args)
-        .stdin(Stdio::null())
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
 fn print_reference_run(run: &ReferenceRun) {
     println!(
         "    loaded in {:.1} s: RSS +{:.1} MiB = {:.2} per user byte (×3: {:.2})",
@@ -998,192 +836,6 @@ fn print_reference_run(run: &ReferenceRun) {
         run.per_user_byte(),
         run.per_user_byte() * REFERENCE_COPIES
     );
-}
-
-/// A Redis or memcached process started by the benchmark. It runs under a `sh`
-/// watchdog whose stdin is a pipe held here: when the benchmark dies, however it
-/// dies, the pipe closes and the watchdog kills the server. Dropping this kills the
-/// server by PID and lets the watchdog exit.
-struct ReferenceServer {
-    name: &'static str,
-    pid: u32,
-    addr: SocketAddr,
-    log: PathBuf,
-    watchdog: Child,
-}
-
-/// `$1` is the log; the rest is the server's command line. Prints the server's PID,
-/// then waits for end of file on stdin and kills the server.
-const WATCHDOG: &str = r#"log=$1; shift; "$@" >>"$log" 2>&1 </dev/null & echo "$!"; read -r _; kill -9 "$!" 2>/dev/null; wait"#;
-
-impl ReferenceServer {
-    fn start(system: &ReferenceSystem, log: &Path) -> anyhow::Result<ReferenceServer> {
-        let port = free_port()?;
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("sh")
-            .arg(log)
-            .arg(system.program)
-            .args((system.args)(port))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("start {}", system.program))?;
-        let stdout = watchdog
-            .stdout
-            .take()
-            .context("take the watchdog's stdout")?;
-        let mut first_line = String::new();
-        // The watchdog prints the PID at once; its stdout closes only if it dies.
-        BufReader::new(stdout.take(64))
-            .read_line(&mut first_line)
-            .context("read the server's pid")?;
-        let Ok(pid) = first_line.trim().parse::<u32>() else {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-            bail!(
-                "{} did not start (watchdog said {first_line:?})",
-                system.program
-            );
-        };
-        let server = ReferenceServer {
-            name: system.name,
-            pid,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            log: log.to_owned(),
-            watchdog,
-        };
-        server.wait_until_accepting()?;
-        Ok(server)
-    }
-
-    fn wait_until_accepting(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + REFERENCE_START_TIMEOUT;
-        while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            ensure!(
-                Path::new(&format!("/proc/{}", self.pid)).exists(),
-                "{} exited at start:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!(
-            "{} did not accept connections on {} within {REFERENCE_START_TIMEOUT:?}:\n{}",
-            self.name,
-            self.addr,
-            self.log_tail()
-        )
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for ReferenceServer {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.pid) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        // Closing the pipe lets the watchdog finish; it is killed if it lingers.
-        drop(self.watchdog.stdin.take());
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.watchdog.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.watchdog.kill();
-        let _ = self.watchdog.wait();
-    }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind a free loopback port")?;
-    Ok(listener.local_addr().context("read the free port")?.port())
-}
-
-// ---------------------------------------------------------------------------
-// Installing what is missing
-// ---------------------------------------------------------------------------
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|line| line.starts_with("Uid:"))?;
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
-}
-
-fn on_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into()])
-        .any(|dir| dir.join(program).is_file())
-}
-
-/// Installs the Debian package of every program that is not on the PATH
-/// (`apt-get update` first; as root, or through sudo).
-fn ensure_installed(programs: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = programs
-        .iter()
-        .filter(|(program, _)| !on_path(program))
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("installing {} with apt-get", missing.join(" "));
-    let mut packages = missing.clone();
-    if missing.contains(&"librsvg2-bin") {
-        packages.push("fonts-dejavu-core");
-    }
-    apt_get(&["update", "-qq"])?;
-    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    install.extend(packages);
-    apt_get(&install)?;
-    for (program, package) in programs {
-        ensure!(
-            on_path(program),
-            "{program} is still missing after installing {package}"
-        );
-    }
-    Ok(())
-}
-
-fn apt_get(args: &[&str]) -> anyhow::Result<()> {
-    let mut command = match running_as_root() {
-        true => Command::new("apt-get"),
-        false => {
-            let mut sudo = Command::new("sudo");
-            sudo.arg("apt-get");
-            sudo
-        }
-    };
-    let status = command
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .status()
-        .context("run apt-get")?;
-    ensure!(
-        status.success(),
-        "apt-get {} failed ({status})",
-        args.join(" ")
-    );
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1218,16 +870,6 @@ fn write_outputs(args: &BenchMemoryArgs, report: &Report) -> anyhow::Result<()> 
     )?;
     println!("written to {} ({SECTION_HEADING})", args.output.display());
     Ok(())
-}
-
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(parent) = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
 }
 
 fn size_label(value_len: usize) -> String {
@@ -1482,73 +1124,6 @@ mod tests {
         assert_eq!(rss_growth(&[10, 20], &[15, 35]), 20);
         assert_eq!(rss_growth(&[10], &[5]), -5);
         assert!(is_steady(1000, 1009) && !is_steady(1000, 1010) && is_steady(1000, 995));
-    }
-
-    #[test]
-    fn keys_are_sixteen_bytes_and_values_their_length() {
-        assert_eq!(key(0), "k000000000000000");
-        assert_eq!(key(123_456).len(), KEY_LEN);
-        assert_eq!(value(1, 5), "bcdef");
-        assert_eq!(value(7, 1000).len(), 1000);
-    }
-
-    #[test]
-    fn encodes_redis_and_memcached_sets() {
-        let mut out = Vec::new();
-        encode_redis_set(&mut out, b"k1", b"hello");
-        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$2\r\nk1\r\n$5\r\nhello\r\n");
-        out.clear();
-        encode_memcached_set(&mut out, b"k1", b"hello");
-        assert_eq!(out, b"set k1 0 0 5\r\nhello\r\n");
-    }
-
-    #[test]
-    fn reads_vm_rss_in_bytes() {
-        let status = "Name:\taux\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t4\n";
-        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
-        assert!(read_rss(std::process::id()).unwrap() > 0);
-    }
-
-    #[test]
-    fn replaces_only_the_memory_section() {
-        let doc = "# Benchmarks\n\n## Throughput\n\nfast\n\n## Memory\n\nold\n\n## Later\n\nkept\n";
-        let new = replace_section(doc, "## Memory", "## Memory\n\nnew\n");
-        assert_eq!(
-            new,
-            "# Benchmarks\n\n## Throughput\n\nfast\n\n## Memory\n\nnew\n\n## Later\n\nkept\n"
-        );
-        let last = replace_section("# B\n\n## Memory\n\nold\n", "## Memory", "## Memory\n\nnew");
-        assert_eq!(last, "# B\n\n## Memory\n\nnew\n");
-        let appended = replace_section(
-            "# B\n\n## Throughput\n\nx\n",
-            "## Memory",
-            "## Memory\n\nnew",
-        );
-        assert_eq!(appended, "# B\n\n## Throughput\n\nx\n\n## Memory\n\nnew\n");
-        assert_eq!(
-            replace_section("", "## Memory", "## Memory\n\nnew"),
-            "# Benchmarks\n\n## Memory\n\nnew\n"
-        );
-        // A `### Memory` subsection elsewhere is not the section.
-        let sub = replace_section("# B\n\n### Memory\n\nx\n", "## Memory", "## Memory\n\ny");
-        assert!(sub.starts_with("# B\n\n### Memory\n\nx\n"));
-    }
-
-    #[test]
-    fn dates_and_command_lines() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(
-            shell_command(&[
-                "shardcache".into(),
-                "bench-memory".into(),
-                "--scale".into(),
-                "0.05".into(),
-                "a b".into()
-            ]),
-            "shardcache bench-memory --scale 0.05 'a b'"
-        );
     }
 
     #[test]

@@ -87,7 +87,10 @@ pub struct Node {
 }
 
 impl Node {
-    fn start(
+    /// Starts `exe subcommand --listen LISTEN ARGS --stop-with-parent` (any
+    /// subcommand that prints `listening on ADDR` first), its stderr and the rest of
+    /// its stdout going to `log_path`, and waits for its address.
+    pub fn start(
         exe: &Path,
         subcommand: &'static str,
         name: String,
@@ -240,12 +243,27 @@ pub struct LocalCluster {
     pub spec: ClusterSpec,
     pub masters: Vec<Node>,
     pub aux: Vec<Node>,
+    /// The address masters are given for each aux node: its own, unless a route
+    /// said otherwise (see [`LocalCluster::start_with_aux_route`]).
+    pub aux_seen_by_masters: Vec<SocketAddr>,
 }
 
 impl LocalCluster {
     /// Starts the aux nodes, then the masters pointed at them, using the
     /// `shardcache` executable `exe`.
     pub fn start(exe: impl Into<PathBuf>, spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
+        Self::start_with_aux_route(exe, spec, |_, addr| Ok(addr))
+    }
+
+    /// Like [`start`](Self::start), but masters reach aux node `index` at
+    /// `route(index, its address)` instead of its own address: a relay in front of
+    /// it, say (the benchmark's delay proxy). Called once per aux node, after the
+    /// aux nodes are up and before any master starts.
+    pub fn start_with_aux_route(
+        exe: impl Into<PathBuf>,
+        spec: ClusterSpec,
+        mut route: impl FnMut(usize, SocketAddr) -> anyhow::Result<SocketAddr>,
+    ) -> anyhow::Result<LocalCluster> {
         let exe = exe.into();
         let log_dir = spec.data_dir.join("logs");
         std::fs::create_dir_all(&log_dir)
@@ -255,9 +273,13 @@ impl LocalCluster {
             spec: spec.clone(),
             masters: Vec::new(),
             aux: Vec::new(),
+            aux_seen_by_masters: Vec::new(),
         };
         for _ in 0..spec.aux_nodes {
             cluster.add_aux()?;
+        }
+        for (index, node) in cluster.aux.iter().enumerate() {
+            cluster.aux_seen_by_masters[index] = route(index, node.addr)?;
         }
         for index in 0..spec.masters {
             cluster.add_master(index)?;
@@ -281,6 +303,7 @@ impl LocalCluster {
         args.extend(spec.aux_args.iter().cloned());
         let log = spec.data_dir.join("logs").join(format!("{name}.log"));
         let node = Node::start(&self.exe, "aux", name, listen, args, log)?;
+        self.aux_seen_by_masters.push(node.addr);
         self.aux.push(node);
         Ok(index)
     }
@@ -293,7 +316,11 @@ impl LocalCluster {
     fn add_master(&mut self, index: usize) -> anyhow::Result<()> {
         let spec = &self.spec;
         let listen = SocketAddr::new(spec.host, ClusterSpec::port(spec.master_port, index)?);
-        let aux_list: Vec<String> = self.aux.iter().map(|node| node.addr.to_string()).collect();
+        let aux_list: Vec<String> = self
+            .aux_seen_by_masters
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect();
         let mut args = vec![
             "--aux".to_owned(),
             aux_list.join(","),

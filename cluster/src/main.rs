@@ -1,6 +1,7 @@
 //! `shardcache`: `up` starts a local cluster; `master` and `aux` run one node each
 //! (the same flags as `shardcache-master` and `shardcache-aux`); `bench`,
-//! `bench-repair` and `bench-memory` measure a local cluster.
+//! `bench-repair` and `bench-memory` measure a local cluster; the hidden
+//! `bench-bare` is `bench`'s baseline server.
 
 use clap::Parser;
 
@@ -21,8 +22,12 @@ enum Command {
     Master(shardcache_master::MasterConfig),
     /// Run one aux node.
     Aux(shardcache_aux::AuxConfig),
-    /// Measure throughput, latency and memory: erasure coding vs replication vs bare axum.
+    /// Measure throughput, latency and CPU per request: shardcache vs a bare server
+    /// with the same API, behind nginx, with one slow aux node, and Redis and memcached.
     Bench(shardcache::bench::BenchArgs),
+    /// Serve the data API from an in-memory map: `bench`'s baseline.
+    #[command(hide = true)]
+    BenchBare(shardcache::bench_bare::BenchBareArgs),
     /// Measure how fast a lost aux node's shards are rebuilt.
     BenchRepair(shardcache::repair_bench::RepairBenchArgs),
     /// Measure aux memory per user byte: erasure coding vs replication vs Redis and memcached.
@@ -35,6 +40,7 @@ fn main() {
     let result = match command {
         Command::Up(args) => shardcache::up::up(args),
         Command::Bench(args) => shardcache::bench::bench(args),
+        Command::BenchBare(args) => shardcache::bench_bare::bench_bare(args),
         Command::BenchRepair(args) => shardcache::repair_bench::bench_repair(args),
         Command::BenchMemory(args) => shardcache::bench_memory::bench_memory(args),
         Command::Master(config) => {

@@ -4,8 +4,10 @@
 //! [`BarChart`] has a title, axis labels, one group of bars per x category, one bar
 //! per series in each group (with a legend and the value printed above each bar),
 //! optional per-group markers such as targets (dashed lines), and a linear or
-//! logarithmic y axis. [`BarChart::to_svg`] is a pure function; [`write_png`] writes
-//! the SVG and converts it to PNG with `rsvg-convert` (Debian package `librsvg2-bin`).
+//! logarithmic y axis. [`BarChart::to_svg`] and [`stacked_svg`] (charts one above
+//! the other in one picture) are pure functions; [`write_png`] and
+//! [`write_stacked_png`] write the SVG and convert it to PNG with `rsvg-convert`
+//! (Debian package `librsvg2-bin`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -352,10 +354,49 @@ fn tick_label(value: f64) -> String {
     format!("{value:.decimals$}")
 }
 
+/// `charts` one above the other, each at its own size, as one SVG document.
+pub fn stacked_svg(charts: &[BarChart]) -> String {
+    let height = HEIGHT * charts.len().max(1) as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
+         viewBox=\"0 0 {WIDTH} {height}\">\n"
+    );
+    for (index, chart) in charts.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            "<g transform=\"translate(0 {:.1})\">",
+            HEIGHT * index as f64
+        );
+        svg.push_str(&chart.to_svg());
+        svg.push_str("</g>\n");
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
 /// Writes `chart` as SVG to `svg_path` and converts it to a PNG at `png_path`
 /// (`width` pixels wide) with `rsvg-convert`.
 pub fn write_png(
     chart: &BarChart,
+    svg_path: &Path,
+    png_path: &Path,
+    width: u32,
+) -> anyhow::Result<()> {
+    write_svg_and_png(&chart.to_svg(), svg_path, png_path, width)
+}
+
+/// Like [`write_png`], for `charts` one above the other ([`stacked_svg`]).
+pub fn write_stacked_png(
+    charts: &[BarChart],
+    svg_path: &Path,
+    png_path: &Path,
+    width: u32,
+) -> anyhow::Result<()> {
+    write_svg_and_png(&stacked_svg(charts), svg_path, png_path, width)
+}
+
+fn write_svg_and_png(
+    svg: &str,
     svg_path: &Path,
     png_path: &Path,
     width: u32,
@@ -366,8 +407,7 @@ pub fn write_png(
                 .with_context(|| format!("create {}", parent.display()))?;
         }
     }
-    std::fs::write(svg_path, chart.to_svg())
-        .with_context(|| format!("write {}", svg_path.display()))?;
+    std::fs::write(svg_path, svg).with_context(|| format!("write {}", svg_path.display()))?;
     let output = Command::new("rsvg-convert")
         .arg("--width")
         .arg(width.to_string())
@@ -461,5 +501,31 @@ mod tests {
         }
         .to_svg();
         assert!(log.contains("(log scale)"));
+    }
+
+    #[test]
+    fn stacked_charts_sit_one_below_the_other() {
+        let chart = BarChart {
+            title: "t".into(),
+            subtitle: String::new(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            groups: vec!["g".into()],
+            series: vec![Series {
+                name: "s".into(),
+                values: vec![Some(1.0)],
+            }],
+            markers: Vec::new(),
+            decimals: 2,
+            log_scale: false,
+        };
+        let svg = stacked_svg(&[chart.clone(), chart]);
+        assert!(svg.starts_with(&format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{}\"",
+            2.0 * HEIGHT
+        )));
+        assert!(svg.contains(&format!("translate(0 {:.1})", HEIGHT)));
+        assert_eq!(svg.matches("<svg").count(), 3);
+        assert_eq!(svg.matches("</svg>").count(), 3);
     }
 }

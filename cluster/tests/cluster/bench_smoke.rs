@@ -1,24 +1,28 @@
-//! `shardcache bench` keeps working: a very short run completes with no errors and
-//! writes its report.
+//! `shardcache bench` keeps working: a very short run of the bare server and a 3+2
+//! cluster under wrk completes, measures requests with no errors (so GETs found
+//! their keys), and writes its report, JSON, chart and `BENCHMARKS.md` section.
 
 use std::process::Command;
 
 #[test]
-fn a_short_bench_run_writes_its_report_with_no_errors() {
+fn a_short_bench_run_measures_requests_with_no_errors_and_writes_its_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("results.md");
     let run = Command::new(env!("CARGO_BIN_EXE_shardcache"))
         .args([
             "bench",
             "--duration",
-            "200ms",
+            "1s",
             "--keys",
             "50",
             "--concurrency",
             "4",
+            "--setups",
+            "bare,3+2",
             "--output",
+            "out/results.md",
+            "--plot",
+            "out/throughput.png",
         ])
-        .arg(&output)
         .current_dir(dir.path())
         .output()
         .expect("run shardcache bench");
@@ -28,18 +32,43 @@ fn a_short_bench_run_writes_its_report_with_no_errors() {
         "bench failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let report = std::fs::read_to_string(&output).expect("the report is written");
-    for row in [
-        "| GET, 4+2 erasure coding |",
-        "| GET, 3+2 erasure coding |",
-        "| GET, 3+2 erasure coding, reads not batched |",
-        "| SET, 3-way replication |",
-        "| 3+2 erasure coding |",
-    ] {
-        assert!(report.contains(row), "missing {row:?} in:\n{report}");
+    let report = std::fs::read_to_string(dir.path().join("out/results.md")).expect("the report");
+    assert!(report.contains("command: `"), "no command in:\n{report}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/results.json")).expect("the JSON"),
+    )
+    .expect("JSON results");
+    let setups = json["setups"].as_array().expect("setups");
+    assert_eq!(setups.len(), 2, "{json:#}");
+    for setup in setups {
+        for phase in ["read", "write"] {
+            let measured = &setup[phase];
+            let context = format!("{} {phase}: {measured:#}", setup["id"]);
+            assert!(measured["requests"].as_u64() > Some(0), "{context}");
+            assert!(
+                measured["requests_per_second"].as_f64() > Some(0.0),
+                "{context}"
+            );
+            assert_eq!(measured["errors"].as_u64(), Some(0), "{context}");
+            assert!(
+                measured["server_cpu_seconds"].as_f64() >= Some(0.0),
+                "{context}"
+            );
+        }
     }
-    // Every load row ends with its error count, which must be 0.
-    for line in report.lines().filter(|line| line.contains(" ms |")) {
+    for row in [
+        "| shardcache 3+2 | GET |",
+        "| bare axum, same API (in-memory map) | POST |",
+    ] {
+        let line = report
+            .lines()
+            .find(|line| line.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row:?} row in:\n{report}"));
         assert!(line.ends_with("| 0 |"), "errors in {line}");
     }
+    assert!(report.contains("| 3+2 GET ≥ 0.40× bare GET |"));
+    let benchmarks = std::fs::read_to_string(dir.path().join("BENCHMARKS.md")).unwrap();
+    assert!(benchmarks.starts_with("# Benchmarks\n\n## Throughput\n"));
+    let png = std::fs::read(dir.path().join("out/throughput.png")).expect("the chart");
+    assert!(png.starts_with(b"\x89PNG"));
 }
