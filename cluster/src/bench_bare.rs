@@ -88,7 +88,7 @@ type Shared = Arc<Store>;
 pub fn app() -> Router {
     let store = Arc::new(Store {
         values: Mutex::new(HashMap::new()),
-        clock: HybridClock::with_random_writer(),
+        clock: HybridClock::with_random_writer(std::time::Duration::from_secs(1)),
     });
     Router::new()
         .route("/data", post(set_value))

@@ -6,6 +6,7 @@ use std::process::Command;
 
 #[test]
 fn a_short_bench_run_measures_requests_with_no_errors_and_writes_its_outputs() {
+    crate::support::install_test_tools(); // wrk, rsvg-convert
     let dir = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_shardcache"))
         .args([

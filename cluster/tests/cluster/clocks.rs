@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{wait_until, Scrape, TestCluster};
+use crate::support::{install_test_tools, wait_until, Scrape, TestCluster};
 
 /// Where Debian's `libfaketime` package puts the library (`.ci/run` installs it
 /// through `scripts/install-test-tools`).
@@ -18,6 +18,7 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// Restarts master `index` with its wall clock moved by `offset` (libfaketime's
 /// syntax, e.g. `+30s`); the monotonic clock, which timeouts use, is left alone.
 fn skew_master(cluster: &mut TestCluster, index: usize, offset: &str) {
+    install_test_tools();
     assert!(
         std::path::Path::new(LIBFAKETIME).exists(),
         "{LIBFAKETIME} is missing: run scripts/install-test-tools"

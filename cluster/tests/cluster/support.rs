@@ -11,6 +11,27 @@ use shardcache::harness::{ClusterSpec, LocalCluster};
 use shardcache_common::ring::{Ring, DEFAULT_VNODES};
 use shardcache_common::wire::{encode_key, InventoryEntry, InventoryPage};
 
+/// Runs `scripts/install-test-tools` once per test process: the tests that run
+/// Debian's tools (libfaketime, wrk, nginx) call this first, so that the README's one
+/// test command works on a fresh machine (it installs only what is missing).
+pub fn install_test_tools() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the cluster crate sits in the workspace root")
+            .to_owned();
+        let status = std::process::Command::new(root.join("scripts/install-test-tools"))
+            .arg(root.join("target/e2e-venv"))
+            .status()
+            .expect("run scripts/install-test-tools");
+        assert!(
+            status.success(),
+            "scripts/install-test-tools failed ({status}); it needs apt-get (as root or with sudo) and PyPI"
+        );
+    });
+}
+
 /// A running cluster that owns its data directory.
 pub struct TestCluster {
     pub cluster: LocalCluster,
