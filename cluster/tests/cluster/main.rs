@@ -13,6 +13,7 @@ mod concurrency;
 mod config_errors;
 mod data_path;
 mod failures;
+mod history;
 mod internal_ports;
 mod memory;
 mod metrics;
