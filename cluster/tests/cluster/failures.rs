@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 
-use crate::support::{random_value, TestCluster};
+use crate::support::{random_value, wait_until, TestCluster};
 
 const SHARDS_PER_KEY: u64 = 5;
 
@@ -273,4 +273,82 @@ async fn a_resumed_node_with_an_old_version_never_wins() {
     for _ in 0..20 {
         assert_eq!(cluster.value(key).await.as_deref(), Some("banana"));
     }
+}
+
+/// A node restored from a snapshot holding an old tombstone, under a write that was
+/// acknowledged while it was away, must not make that write read as deleted once
+/// two of the write's owners fail: the read answers 503 (the newer version may be
+/// on them), and the value once they return. Found by the history checker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_tombstone_never_hides_an_acknowledged_write_that_is_partly_reachable() {
+    // Slow probes: the masters do not mark the killed nodes down, and no repair pass
+    // starts during the test.
+    let mut cluster = TestCluster::start_with(|spec| {
+        spec.master_args = vec!["--probe-interval".into(), "10s".into()];
+    });
+    let key = "tomb";
+    let owners = cluster.owners(key);
+    assert_eq!(cluster.set(key, "v1").await.0, 200);
+    assert_eq!(cluster.delete(key).await.0, 200);
+    let stale = owners[4];
+    wait_until(
+        "the last owner holds the tombstone",
+        Duration::from_secs(10),
+        || async {
+            cluster
+                .aux_inventory(stale)
+                .await
+                .iter()
+                .any(|entry| entry.key == key && entry.tombstone)
+        },
+    )
+    .await;
+    let since = shardcache_common::unix_millis();
+    wait_until(
+        "it snapshots the tombstone",
+        Duration::from_secs(10),
+        || async {
+            cluster.aux_health(stale).await.is_some_and(|health| {
+                health["snapshot"]["last_success_at_ms"]
+                    .as_u64()
+                    .is_some_and(|at| at > since + 1)
+            })
+        },
+    )
+    .await;
+    // It is away while v2 is written (acknowledged by the other four), then comes
+    // back from its snapshot with the tombstone.
+    cluster.cluster.aux[stale].kill();
+    assert_eq!(cluster.set(key, "v2").await.0, 200);
+    cluster.cluster.restart_aux(stale).unwrap();
+    // The two owners about to fail snapshot v2 first, so that it is back when they
+    // are (two failures of the five; the stale node is not a third).
+    let since = shardcache_common::unix_millis();
+    for owner in [owners[0], owners[1]] {
+        wait_until(
+            "the owner snapshots v2",
+            Duration::from_secs(10),
+            || async {
+                cluster.aux_health(owner).await.is_some_and(|health| {
+                    health["snapshot"]["last_success_at_ms"]
+                        .as_u64()
+                        .is_some_and(|at| at > since + 1)
+                })
+            },
+        )
+        .await;
+    }
+    cluster.cluster.aux[owners[0]].kill();
+    cluster.cluster.aux[owners[1]].kill();
+    let (status, body) = cluster.get(key).await;
+    assert_eq!(
+        status, 503,
+        "an acknowledged write read as {status}: {body}"
+    );
+    cluster.cluster.restart_aux(owners[0]).unwrap();
+    cluster.cluster.restart_aux(owners[1]).unwrap();
+    wait_until("v2 reads again", Duration::from_secs(10), || async {
+        cluster.value(key).await.as_deref() == Some("v2")
+    })
+    .await;
 }

@@ -7,10 +7,13 @@
 //! A GET answers **503** when:
 //! - fewer owners answered than a miss needs ([`ReadFloors::miss`]), or an owner
 //!   failed while only partial versions were seen: the missing shards may be there;
-//! - a version newer than the newest decodable one is partial, and with the shards
-//!   that nodes which failed or are down may hold it could have reached the write
-//!   quorum: it may be an acknowledged write whose value the older one would wrongly
-//!   stand for (a write still in flight, or one that died half-way, never could);
+//! - a version newer than the newest decodable one (or the newest tombstone) is
+//!   partial, and the nodes holding any newer version, with those that failed or
+//!   are down, make a write quorum: some newer write may have been acknowledged
+//!   (later racing writes may have replaced some of its shards), and the older
+//!   value or delete would wrongly stand for it. A write still in flight, or one
+//!   that died half-way, never could. When every owner answered, this is writers
+//!   racing, and it counts as partial (retried, then a miss) instead;
 //! - as many of the key's owners are down as a write needs: every shard of an
 //!   acknowledged write may be on them;
 //! - after the retries, only partial versions were seen and the down owners may hold
@@ -192,27 +195,43 @@ pub fn verdict(seen: &SeenVersions, floors: ReadFloors) -> Verdict {
     // Whether the owners that did not answer may hold the rest of a partial version.
     let may_complete =
         |(most, needed): (usize, usize)| seen.failures > 0 || most + seen.down_owners >= needed;
-    // Whether a partial version may be an acknowledged write: `W` owners stored it,
-    // and those that did not answer (or are down) could be the ones missing.
-    let may_be_acknowledged =
-        |(most, _): (usize, usize)| most + seen.failures + seen.down_owners >= floors.write_quorum;
+    // Whether some write newer than `version` may have been acknowledged: `W` nodes
+    // stored it, and each is one that holds a newer version now (the newer write's
+    // own shard, or a later racing write's that replaced it) or one that did not
+    // answer or is down. Counting every newer holder, not only one version's, is
+    // what keeps writers racing past an acknowledged write from hiding it.
+    let newer_may_be_acknowledged = |version: &Version| {
+        let newer_holders = seen
+            .answers
+            .values()
+            .filter(|held| held.is_some_and(|held| held > *version))
+            .count();
+        newer_holders > 0 && newer_holders + seen.failures + seen.down_owners >= floors.write_quorum
+    };
     for (version, shards) in seen.versions.iter().rev() {
-        if shards.tombstone {
-            return Verdict::Deleted(*version);
-        }
-        if shards.frames.len() < shards.needed() {
+        let settles = shards.tombstone || shards.frames.len() >= shards.needed();
+        if !settles {
             let (most, needed) = partial.unwrap_or((0, shards.needed()));
             partial = Some((most.max(shards.frames.len()), needed));
             continue;
         }
-        if partial.is_some_and(may_be_acknowledged) {
+        // An older value or an older delete is only the answer when no newer
+        // version seen in part may have been acknowledged.
+        if newer_may_be_acknowledged(version) && seen.failures + seen.down_owners == 0 {
+            // Every owner answered: writers are racing past it (retried, then a miss).
+            return Verdict::Partial { recoverable: false };
+        }
+        if newer_may_be_acknowledged(version) {
             return Verdict::Unavailable(format!(
                 "a newer version than {version} has too few shards to read, and {} failed \
                  and {} of its owners are down",
                 seen.failures, seen.down_owners
             ));
         }
-        return Verdict::Decode(*version);
+        return match shards.tombstone {
+            true => Verdict::Deleted(*version),
+            false => Verdict::Decode(*version),
+        };
     }
     // Nothing decodable. Owners that did not answer may hold what is missing;
     // and when as many of the key's owners are down as a write needs, every
@@ -407,6 +426,42 @@ mod tests {
                     "a newer version than 0000000000000005-0000000000000001 has too few \
                      shards to read, and 0 failed and 2 of its owners are down",
                 ),
+            ),
+            (
+                "an older tombstone under a newer partial version that may be acknowledged",
+                vec![Tombstone(5), Shard(6, 1), Shard(6, 2), Failed, Failed],
+                0,
+                unavailable(
+                    "a newer version than 0000000000000005-0000000000000001 has too few \
+                     shards to read, and 2 failed and 0 of its owners are down",
+                ),
+            ),
+            (
+                "an older tombstone under a newer partial version too small to be acknowledged",
+                vec![Tombstone(5), Shard(6, 1), Tombstone(5), Tombstone(5), None],
+                0,
+                Verdict::Deleted(version(5)),
+            ),
+            (
+                "racing newer writes, each partial, may together hide an acknowledged one",
+                vec![Tombstone(4), Shard(6, 1), Shard(6, 2), Shard(7, 3), Failed],
+                0,
+                unavailable(
+                    "a newer version than 0000000000000004-0000000000000001 has too few \
+                     shards to read, and 1 failed and 0 of its owners are down",
+                ),
+            ),
+            (
+                "racing newer writes on every owner: partial, so the read retries",
+                vec![
+                    Tombstone(4),
+                    Shard(6, 1),
+                    Shard(6, 2),
+                    Shard(7, 3),
+                    Shard(7, 4),
+                ],
+                0,
+                Verdict::Partial { recoverable: false },
             ),
             (
                 "nothing anywhere is absent",
