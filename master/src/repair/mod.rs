@@ -249,13 +249,28 @@ impl Repairer {
         if granted > nodes.len() / 2 {
             return Ok(());
         }
-        let holder = answers.into_iter().find_map(|answer| {
-            answer
-                .ok()
-                .filter(|answer| !answer.granted)
-                .map(|answer| answer.holder)
-        });
-        Err(holder)
+        // Split: neither this master nor a rival has a majority, and each renewing
+        // its own grants would keep it so forever. The master with the larger holder
+        // name gives its grants back (a request for 0 ms ends a lease), so the
+        // smaller one gets a majority at its next attempt.
+        let rival = answers
+            .iter()
+            .filter_map(|answer| answer.as_ref().ok().filter(|answer| !answer.granted))
+            .map(|answer| answer.holder.clone())
+            .min();
+        if gives_back_a_split_lease(granted, rival.as_deref(), &self.holder) {
+            let release = LeaseRequest {
+                ttl_ms: 0,
+                ..request
+            };
+            let granted_by = nodes.iter().zip(&answers).filter_map(|(node, answer)| {
+                matches!(answer, Ok(answer) if answer.granted).then_some(&node.address)
+            });
+            futures::future::join_all(granted_by.map(|address| client.lease(address, &release)))
+                .await;
+            tracing::info!(rival = ?rival, "repair lease split between masters; gave this master's grants back");
+        }
+        Err(rival)
     }
 
     /// One pass over every key held by any up node.
@@ -341,5 +356,35 @@ impl Repairer {
         let mut current = report.clone();
         current.duration_ms = started.elapsed().as_millis() as u64;
         self.status.lock().current = Some(current);
+    }
+}
+
+/// Whether a master that failed to get a majority of the lease grants should give
+/// back the `granted` ones it got: only when it got some and a rival with a smaller
+/// holder name holds others, so that of two masters splitting the nodes exactly one
+/// yields and the split cannot last.
+fn gives_back_a_split_lease(granted: usize, rival: Option<&str>, holder: &str) -> bool {
+    granted > 0 && rival.is_some_and(|rival| rival < holder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_two_masters_splitting_the_lease_exactly_one_gives_back() {
+        // (grants this master got, the smallest rival named, this master) -> give back
+        for (granted, rival, holder, gives_back) in [
+            (3, Some("master-a"), "master-b", true),
+            (3, Some("master-b"), "master-a", false),
+            (0, Some("master-a"), "master-b", false), // nothing to give back
+            (2, None, "master-b", false),             // no rival: nodes unreachable
+        ] {
+            assert_eq!(
+                gives_back_a_split_lease(granted, rival, holder),
+                gives_back,
+                "{granted} {rival:?} {holder}"
+            );
+        }
     }
 }
