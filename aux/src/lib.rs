@@ -23,12 +23,12 @@ pub mod snapshot;
 pub mod snapshotter;
 pub mod store;
 
-use shardcache_common::cluster_token::ClusterToken;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shardcache_common::cluster_token::ClusterToken;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
 use shardcache_common::server;

@@ -30,13 +30,13 @@ pub mod metrics;
 pub mod repair;
 pub mod shards;
 
-use shardcache_common::cluster_token::ClusterToken;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use shardcache_common::aux_client::AuxClient;
+use shardcache_common::cluster_token::ClusterToken;
 use shardcache_common::codec::Codec;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
