@@ -431,13 +431,7 @@ mod tests {
             error["error"].as_str().unwrap().contains("clock"),
             "{error}"
         );
-        let got = send(
-            &app,
-            "GET",
-            &format!("{}/k", wire::SHARDS_PATH),
-            Bytes::new(),
-        )
-        .await;
+        let got = send(&app, "GET", &wire::shard_path("k"), Bytes::new()).await;
         assert_eq!(got.status(), StatusCode::NOT_FOUND, "nothing was stored");
         // Within the bound (and from the past) is fine.
         let near = frame("k", (now_ms + 500) << 16).encode();
@@ -451,13 +445,7 @@ mod tests {
         let mut expiring = frame("k", 9);
         expiring.expiry_ms = 60_000; // one minute left, whatever the writer's clock says
         send(&app, "PUT", wire::SHARDS_PATH, expiring.encode()).await;
-        let got = send(
-            &app,
-            "GET",
-            &format!("{}/k", wire::SHARDS_PATH),
-            Bytes::new(),
-        )
-        .await;
+        let got = send(&app, "GET", &wire::shard_path("k"), Bytes::new()).await;
         assert_eq!(got.status(), StatusCode::OK);
         let body = got.into_body().collect().await.unwrap().to_bytes();
         let served = ShardFrame::decode(body).unwrap();
@@ -471,13 +459,7 @@ mod tests {
         send(&app, "PUT", wire::SHARDS_PATH, short.encode()).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let got = send(
-                &app,
-                "GET",
-                &format!("{}/gone", wire::SHARDS_PATH),
-                Bytes::new(),
-            )
-            .await;
+            let got = send(&app, "GET", &wire::shard_path("gone"), Bytes::new()).await;
             if got.status() == StatusCode::NOT_FOUND {
                 break;
             }

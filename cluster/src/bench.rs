@@ -37,8 +37,8 @@ use shardcache_common::units::{ByteSize, HumanDuration};
 
 use crate::bench_support::{
     copy_executable, encode_redis_set, ensure_installed, free_port, key, memcached_args,
-    print_and_write, program_path, program_version, redis_args, replace_or_insert_section,
-    shell_command, utc_date, value, write_file, ChildServer,
+    print_and_write, program_path, program_version, redis_args, shell_command, utc_date, value,
+    write_file, write_section, ChildServer,
 };
 use crate::delay_proxy::DelayProxy;
 use crate::harness::{ClusterSpec, LocalCluster, Node};
@@ -1147,16 +1147,11 @@ fn write_outputs(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
         ),
         &args.output,
     )?;
-    let doc = match std::fs::read_to_string(&args.benchmarks_md) {
-        Ok(doc) => doc,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(error) => {
-            return Err(error).with_context(|| format!("read {}", args.benchmarks_md.display()));
-        }
-    };
-    write_file(
+    write_section(
         &args.benchmarks_md,
-        &replace_or_insert_section(&doc, SECTION_HEADING, &section, Some(SECTION_BEFORE)),
+        SECTION_HEADING,
+        &section,
+        Some(SECTION_BEFORE),
     )?;
     println!(
         "written to {} ({SECTION_HEADING})",

@@ -3,10 +3,10 @@
 //! behind a mutex.
 //!
 //! It answers `POST /data`, `GET /data/{key}` and `DELETE /data/{key}` with the
-//! master's JSON shapes, status codes and `shardcache-version` header, parses
-//! requests with the master's own extractors and error type, and runs on the same
-//! stack: axum on a multi-threaded Tokio runtime, mimalloc, the same request
-//! deadline and body limits, `listening on ADDR` on stdout, `--stop-with-parent`.
+//! master's own request checks, response shapes and error type (`master::api`),
+//! parses requests with the master's extractors, and runs on the same stack: axum on
+//! a multi-threaded Tokio runtime, mimalloc, the master's request deadline and its
+//! default limits, `listening on ADDR` on stdout, `--stop-with-parent`.
 //! What it leaves out is what makes shardcache shardcache — no erasure coding, no
 //! aux nodes, no metrics, no expiry (a `ttl` is accepted and ignored) — so the
 //! ratio of shardcache's throughput to this one is what that costs on this machine.
@@ -18,28 +18,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::HeaderValue;
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use axum::Router;
+use clap::Parser;
 use shardcache_common::http_limits;
 use shardcache_common::runtime::{self, Shutdown};
 use shardcache_common::version::{HybridClock, Version};
-use shardcache_master::api::VERSION_HEADER;
+use shardcache_master::api::{self, Limits, SetRequest, REQUEST_DEADLINE};
+use shardcache_master::config::MasterConfig;
 use shardcache_master::extract::{JsonBody, KeyPath};
 use shardcache_master::ApiError;
-
-/// The master's request deadline (`master/src/api.rs`).
-const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
-
-/// The master's body limit with its default flags: 2 × 8 MiB + 6 × 1 KiB + 4 KiB.
-const MAX_BODY_BYTES: usize = 2 * (8 << 20) + 6 * 1024 + 4096;
-
-/// The master's default `--max-key-size`.
-const MAX_KEY_BYTES: usize = 1024;
 
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,63 +66,41 @@ async fn serve(args: BenchBareArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Values by key, each with its version.
+/// Values by key, each with its version, and the master's default input limits.
 struct Store {
     values: Mutex<HashMap<String, (String, Version)>>,
     clock: HybridClock,
+    limits: Limits,
 }
 
 type Shared = Arc<Store>;
 
 /// The bare server's router: the master's data routes and layers, minus metrics.
 pub fn app() -> Router {
+    // The master's defaults, from its own flag definitions (it needs some aux node).
+    let defaults = MasterConfig::try_parse_from(["shardcache-master", "--aux", "unused:1"])
+        .expect("the master's defaults parse");
+    let limits = Limits::from_config(&defaults);
     let store = Arc::new(Store {
         values: Mutex::new(HashMap::new()),
-        clock: HybridClock::with_random_writer(std::time::Duration::from_secs(1)),
+        clock: HybridClock::with_random_writer(defaults.max_clock_skew.0),
+        limits,
     });
     Router::new()
         .route("/data", post(set_value))
         .route("/data/", get(empty_key).delete(empty_key))
         .route("/data/{*key}", get(get_value).delete(delete_value))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             REQUEST_DEADLINE,
             http_limits::deadline,
         ))
         .layer(middleware::from_fn_with_state(
-            MAX_BODY_BYTES,
+            limits.max_body_bytes,
             http_limits::refuse_declared_oversize,
         ))
         .with_state(store)
-}
-
-/// Body of `POST /data`, as the master takes it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetRequest {
-    key: String,
-    value: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    ttl: Option<u64>,
-}
-
-fn validate_key(key: &str) -> Result<(), ApiError> {
-    if key.is_empty() {
-        return Err(ApiError::BadRequest("key must not be empty".into()));
-    }
-    if key.len() > MAX_KEY_BYTES {
-        return Err(ApiError::BadRequest(format!(
-            "key is {} bytes, the limit is {MAX_KEY_BYTES}",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
-fn not_found(key: &str) -> ApiError {
-    ApiError::NotFound(format!("key {key:?} not found"))
 }
 
 fn lock(store: &Store) -> std::sync::MutexGuard<'_, HashMap<String, (String, Version)>> {
@@ -146,36 +114,31 @@ async fn set_value(
     State(store): State<Shared>,
     JsonBody(request): JsonBody<SetRequest>,
 ) -> Result<Response, ApiError> {
-    validate_key(&request.key)?;
+    request.validate(&store.limits)?; // a TTL is accepted and ignored
     let version = store.clock.next();
     lock(&store).insert(request.key.clone(), (request.value, version));
-    Ok(Json(json!({ "key": request.key, "version": version.to_string() })).into_response())
+    Ok(api::stored(&request.key, version))
 }
 
 async fn get_value(
     State(store): State<Shared>,
     KeyPath(key): KeyPath,
 ) -> Result<Response, ApiError> {
-    validate_key(&key)?;
-    let found = lock(&store).get(&key).cloned();
-    let Some((value, version)) = found else {
-        return Err(not_found(&key));
-    };
-    let mut response = Json(json!({ "key": key, "value": value })).into_response();
-    if let Ok(version) = HeaderValue::from_str(&version.to_string()) {
-        response.headers_mut().insert(VERSION_HEADER, version);
+    api::validate_key(&key, &store.limits)?;
+    match lock(&store).get(&key) {
+        Some((value, version)) => Ok(api::found(&key, value, *version)),
+        None => Err(api::not_found(&key)),
     }
-    Ok(response)
 }
 
 async fn delete_value(
     State(store): State<Shared>,
     KeyPath(key): KeyPath,
 ) -> Result<Response, ApiError> {
-    validate_key(&key)?;
+    api::validate_key(&key, &store.limits)?;
     match lock(&store).remove(&key) {
-        Some(_) => Ok(Json(json!({ "key": key, "deleted": true })).into_response()),
-        None => Err(not_found(&key)),
+        Some(_) => Ok(api::deleted(&key)),
+        None => Err(api::not_found(&key)),
     }
 }
 

@@ -33,8 +33,8 @@ use shardcache_common::units::{ByteSize, HumanDuration};
 
 use crate::bench_support::{
     copy_executable, encode_memcached_set, encode_redis_set, ensure_installed, free_port, key,
-    memcached_args, program_path, program_version, redis_args, replace_section, shell_command,
-    utc_date, value, write_file, ChildServer, KEY_LEN,
+    memcached_args, program_path, program_version, redis_args, shell_command, utc_date, value,
+    write_file, write_section, ChildServer, KEY_LEN,
 };
 use crate::harness::{ClusterSpec, LocalCluster, Node};
 use crate::plot::{BarChart, Marker, Series};
@@ -857,17 +857,7 @@ fn write_outputs(args: &BenchMemoryArgs, report: &Report) -> anyhow::Result<()> 
     );
     let section = render_section(report, &args.plot);
     println!("\n{section}");
-    let doc = match std::fs::read_to_string(&args.output) {
-        Ok(doc) => doc,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(error) => {
-            return Err(error).with_context(|| format!("read {}", args.output.display()));
-        }
-    };
-    write_file(
-        &args.output,
-        &replace_section(&doc, SECTION_HEADING, &section),
-    )?;
+    write_section(&args.output, SECTION_HEADING, &section, None)?;
     println!("written to {} ({SECTION_HEADING})", args.output.display());
     Ok(())
 }

@@ -99,13 +99,8 @@ pub fn shell_command(args: &[String]) -> String {
 }
 
 /// `doc` with the section under `heading` (up to the next `## ` heading) replaced by
-/// `section`, or `section` appended when there is none; a new document gets a title.
-pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
-    replace_or_insert_section(doc, heading, section, None)
-}
-
-/// Like [`replace_section`], but a missing section goes just before the section
-/// headed `before` when there is one (else at the end).
+/// `section`; a missing section goes just before the section headed `before` when
+/// there is one, else at the end; a new document gets a title.
 pub fn replace_or_insert_section(
     doc: &str,
     heading: &str,
@@ -140,6 +135,26 @@ pub fn replace_or_insert_section(
 }
 
 /// Writes `text` to `path`, creating its directory.
+/// Replaces (or inserts, before the section headed `before`) the section headed
+/// `heading` of the markdown file at `path` with `section`; a missing file is
+/// created.
+pub fn write_section(
+    path: &Path,
+    heading: &str,
+    section: &str,
+    before: Option<&str>,
+) -> anyhow::Result<()> {
+    let doc = match std::fs::read_to_string(path) {
+        Ok(doc) => doc,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(error).with_context(|| format!("read {}", path.display())),
+    };
+    write_file(
+        path,
+        &replace_or_insert_section(&doc, heading, section, before),
+    )
+}
+
 pub fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(parent) = path
         .parent()
@@ -463,6 +478,10 @@ pub fn program_version(program: &Path, version_args: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn replace_section(doc: &str, heading: &str, section: &str) -> String {
+        replace_or_insert_section(doc, heading, section, None)
+    }
 
     #[test]
     fn keys_are_sixteen_bytes_and_values_their_length() {

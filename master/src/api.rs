@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use shardcache_common::version::Version;
 use shardcache_common::{http_limits, http_metrics};
 
 use crate::cluster::ClusterReport;
@@ -30,7 +31,7 @@ use shardcache_common::cluster_token::{self, ClusterToken};
 /// Longest a request may take, reading its body included: far beyond any read or
 /// write (each shard call is bounded by `--shard-timeout`), so it only ever stops a
 /// client that sends its body slowly or not at all.
-const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
 pub const VERSION_HEADER: &str = "shardcache-version";
@@ -147,40 +148,64 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Body of `POST /data`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SetRequest {
-    key: String,
-    value: String,
+pub struct SetRequest {
+    pub key: String,
+    pub value: String,
     /// Seconds until the value expires; absent or null for never.
     #[serde(default)]
-    ttl: Option<u64>,
+    pub ttl: Option<u64>,
+}
+
+impl SetRequest {
+    /// Checks key, value size and TTL against `limits`; returns the TTL.
+    pub fn validate(&self, limits: &Limits) -> Result<Option<Duration>, ApiError> {
+        validate_key(&self.key, limits)?;
+        if self.value.len() > limits.max_value_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "value is {} bytes, the limit is {}",
+                self.value.len(),
+                limits.max_value_bytes
+            )));
+        }
+        match self.ttl {
+            None => Ok(None),
+            Some(seconds @ 1..=MAX_TTL_SECONDS) => Ok(Some(Duration::from_secs(seconds))),
+            Some(_) => Err(ApiError::BadRequest(format!(
+                "ttl must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}"
+            ))),
+        }
+    }
+}
+
+/// The answer to a stored `POST /data`.
+pub fn stored(key: &str, version: Version) -> Response {
+    Json(json!({ "key": key, "version": version.to_string() })).into_response()
+}
+
+/// The answer to a `GET /data/{key}` that found `value`, its version in a header.
+pub fn found(key: &str, value: &str, version: Version) -> Response {
+    let mut response = Json(json!({ "key": key, "value": value })).into_response();
+    if let Ok(version) = HeaderValue::from_str(&version.to_string()) {
+        response.headers_mut().insert(VERSION_HEADER, version);
+    }
+    response
+}
+
+/// The answer to a `DELETE /data/{key}` that deleted a value.
+pub fn deleted(key: &str) -> Response {
+    Json(json!({ "key": key, "deleted": true })).into_response()
 }
 
 async fn set_value(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<SetRequest>,
 ) -> Result<Response, ApiError> {
-    validate_key(&request.key, &state.limits)?;
-    if request.value.len() > state.limits.max_value_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "value is {} bytes, the limit is {}",
-            request.value.len(),
-            state.limits.max_value_bytes
-        )));
-    }
-    let ttl = match request.ttl {
-        None => None,
-        Some(seconds @ 1..=MAX_TTL_SECONDS) => Some(Duration::from_secs(seconds)),
-        Some(_) => {
-            return Err(ApiError::BadRequest(format!(
-                "ttl must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}"
-            )))
-        }
-    };
+    let ttl = request.validate(&state.limits)?;
     let version = state
         .data
         .write(&request.key, request.value.as_bytes(), ttl)
         .await?;
-    Ok(Json(json!({ "key": request.key, "version": version.to_string() })).into_response())
+    Ok(stored(&request.key, version))
 }
 
 async fn get_value(
@@ -211,11 +236,7 @@ async fn get_value(
             "the stored value is not UTF-8 and cannot be returned as a JSON string".into(),
         )
     })?;
-    let mut response = Json(json!({ "key": key, "value": value })).into_response();
-    if let Ok(version) = HeaderValue::from_str(&found.version.to_string()) {
-        response.headers_mut().insert(VERSION_HEADER, version);
-    }
-    Ok(response)
+    Ok(self::found(&key, &value, found.version))
 }
 
 async fn delete_value(
@@ -224,7 +245,7 @@ async fn delete_value(
 ) -> Result<Response, ApiError> {
     validate_key(&key, &state.limits)?;
     match state.data.delete(&key).await? {
-        true => Ok(Json(json!({ "key": key, "deleted": true })).into_response()),
+        true => Ok(deleted(&key)),
         false => Err(not_found(&key)),
     }
 }
@@ -237,7 +258,7 @@ fn cluster_health(state: &AppState) -> (&'static str, usize, usize) {
     let cluster = state.data.cluster();
     let view = cluster.view();
     let (up, total) = (view.up_nodes().len(), view.all_nodes().len());
-    let clocks_agree = cluster.check_clock().is_ok() && !cluster.any_clock_off();
+    let clocks_agree = !cluster.clock_report().beyond_bound && !cluster.any_clock_off();
     let status = if up < usize::from(state.geometry.write_quorum) {
         "unavailable"
     } else if up < total || !clocks_agree {
@@ -333,11 +354,13 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
-fn not_found(key: &str) -> ApiError {
+/// The error of a `GET` or `DELETE` of a key that holds no value.
+pub fn not_found(key: &str) -> ApiError {
     ApiError::NotFound(format!("key {key:?} not found"))
 }
 
-fn validate_key(key: &str, limits: &Limits) -> Result<(), ApiError> {
+/// Checks a key against `limits`: not empty, not too long.
+pub fn validate_key(key: &str, limits: &Limits) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::BadRequest("key must not be empty".into()));
     }

@@ -303,19 +303,9 @@ async fn an_older_tombstone_never_hides_an_acknowledged_write_that_is_partly_rea
         },
     )
     .await;
-    let since = shardcache_common::unix_millis();
-    wait_until(
-        "it snapshots the tombstone",
-        Duration::from_secs(10),
-        || async {
-            cluster.aux_health(stale).await.is_some_and(|health| {
-                health["snapshot"]["last_success_at_ms"]
-                    .as_u64()
-                    .is_some_and(|at| at > since + 1)
-            })
-        },
-    )
-    .await;
+    cluster
+        .wait_for_snapshot(stale, shardcache_common::unix_millis())
+        .await;
     // It is away while v2 is written (acknowledged by the other four), then comes
     // back from its snapshot with the tombstone.
     cluster.cluster.aux[stale].kill();
@@ -325,18 +315,7 @@ async fn an_older_tombstone_never_hides_an_acknowledged_write_that_is_partly_rea
     // are (two failures of the five; the stale node is not a third).
     let since = shardcache_common::unix_millis();
     for owner in [owners[0], owners[1]] {
-        wait_until(
-            "the owner snapshots v2",
-            Duration::from_secs(10),
-            || async {
-                cluster.aux_health(owner).await.is_some_and(|health| {
-                    health["snapshot"]["last_success_at_ms"]
-                        .as_u64()
-                        .is_some_and(|at| at > since + 1)
-                })
-            },
-        )
-        .await;
+        cluster.wait_for_snapshot(owner, since).await;
     }
     cluster.cluster.aux[owners[0]].kill();
     cluster.cluster.aux[owners[1]].kill();

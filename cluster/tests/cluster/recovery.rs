@@ -84,22 +84,6 @@ fn expect_all(entries: &[(String, String)]) -> BTreeMap<String, Option<String>> 
         .collect()
 }
 
-/// Waits until aux node `aux` wrote a snapshot that started after `since_ms`.
-async fn wait_for_snapshot(cluster: &TestCluster, aux: usize, since_ms: u64) {
-    wait_until(
-        &format!("a snapshot of aux-{aux}"),
-        Duration::from_secs(30),
-        || async {
-            cluster.aux_health(aux).await.is_some_and(|health| {
-                health["snapshot"]["last_success_at_ms"]
-                    .as_u64()
-                    .is_some_and(|at| at > since_ms + 1)
-            })
-        },
-    )
-    .await;
-}
-
 /// Every key the aux nodes hold (value or tombstone) has `k + m` shards of one
 /// version on distinct nodes, values with distinct indices, and `values` keys hold
 /// values.
@@ -165,7 +149,7 @@ async fn nodes_returning_with_a_snapshot_or_empty_roll_nothing_back() {
     write_all(&cluster, 0, &original).await;
     cluster.wait_for_aux_items(900 * SHARDS_PER_KEY).await;
     let written_at = unix_millis();
-    wait_for_snapshot(&cluster, 0, written_at).await;
+    cluster.wait_for_snapshot(0, written_at).await;
     let mut expected = expect_all(&original);
 
     // aux-0 dies holding a snapshot of every original value.
@@ -320,7 +304,7 @@ async fn every_key_is_back_after_all_aux_nodes_restart() {
     cluster.wait_for_aux_items(1000 * SHARDS_PER_KEY).await;
     let written_at = unix_millis();
     for aux in 0..6 {
-        wait_for_snapshot(&cluster, aux, written_at).await;
+        cluster.wait_for_snapshot(aux, written_at).await;
     }
     for aux in 0..6 {
         cluster.cluster.aux[aux].kill();
@@ -343,7 +327,7 @@ async fn a_corrupt_snapshot_is_reported_skipped_and_repaired() {
     write_all(&cluster, 0, &written[..500]).await;
     cluster.wait_for_aux_items(500 * SHARDS_PER_KEY).await;
     let written_at = unix_millis();
-    wait_for_snapshot(&cluster, 0, written_at).await;
+    cluster.wait_for_snapshot(0, written_at).await;
     write_all(&cluster, 0, &written[500..]).await;
     cluster.wait_for_aux_items(600 * SHARDS_PER_KEY).await;
     cluster.cluster.aux[0].terminate(); // the second snapshot, on the way out

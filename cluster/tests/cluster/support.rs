@@ -205,6 +205,22 @@ impl TestCluster {
         response.json().await.ok()
     }
 
+    /// Waits until aux node `aux` wrote a snapshot that started after `since_ms`.
+    pub async fn wait_for_snapshot(&self, aux: usize, since_ms: u64) {
+        wait_until(
+            &format!("a snapshot of aux-{aux}"),
+            Duration::from_secs(30),
+            || async {
+                self.aux_health(aux).await.is_some_and(|health| {
+                    health["snapshot"]["last_success_at_ms"]
+                        .as_u64()
+                        .is_some_and(|at| at > since_ms + 1)
+                })
+            },
+        )
+        .await;
+    }
+
     /// Every shard header aux node `aux` holds, from its inventory.
     pub async fn aux_inventory(&self, aux: usize) -> Vec<InventoryEntry> {
         let addr = self.cluster.aux[aux].addr;
