@@ -217,3 +217,57 @@ async fn inside_the_bound_nothing_is_lost_and_ttls_follow_the_aux_clocks() {
         );
     }
 }
+
+/// A version stamped further ahead than this master's --max-clock-skew (here put on
+/// the owners directly, as a writer with a fast clock and aux nodes with a looser
+/// bound would) cannot be outranked without moving the clock that far: the write
+/// answers 503 rather than 200 for a value every read would hide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_under_a_version_from_beyond_the_bound_is_refused_not_hidden() {
+    use shardcache_common::frame::ShardFrame;
+    use shardcache_common::version::{HybridClock, Version};
+    let cluster = TestCluster::start_with(|spec| {
+        spec.aux_args
+            .extend(["--max-clock-skew".into(), "60s".into()]);
+    });
+    let key = "from-the-future";
+    let future = Version {
+        timestamp: (shardcache_common::unix_millis() + 30_000) << 16,
+        writer: 7,
+    };
+    for (index, owner) in cluster.owners(key).into_iter().enumerate() {
+        let tombstone = ShardFrame {
+            key: key.into(),
+            version: future,
+            tombstone: true,
+            shard_index: index as u8,
+            data_shards: 3,
+            parity_shards: 2,
+            expiry_ms: 0,
+            value_len: 0,
+            value_checksum: 0,
+            payload: bytes::Bytes::new(),
+        };
+        let addr = cluster.cluster.aux[owner].addr;
+        let stored = cluster
+            .http
+            .put(format!(
+                "http://{addr}{}",
+                shardcache_common::wire::SHARDS_PATH
+            ))
+            .body(tombstone.encode())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stored.status(), 204);
+    }
+    let (status, body) = write(&cluster, 0, json!({"key": key, "value": "now"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("future"), "{body}");
+    // The master's clock was not dragged 30 s ahead by what it met.
+    let (status, body) = write(&cluster, 0, json!({"key": "other", "value": "v"})).await;
+    assert_eq!(status, 200, "{body}");
+    let version: Version = body["version"].as_str().unwrap().parse().unwrap();
+    let lead_ms = HybridClock::lead_of(version, shardcache_common::unix_millis());
+    assert!(lead_ms < 2_000, "{version} is {lead_ms} ms ahead");
+}

@@ -97,13 +97,13 @@ impl DataPath {
         let mut newest_met = None;
         for stamp in [Stamp::First, Stamp::Restamped] {
             let version = self.clock.next();
-            if newest_met.is_some_and(|newest| version <= newest) {
+            if let Some(newest) = newest_met.filter(|newest| version <= *newest) {
                 // The clock moves at most --max-clock-skew ahead for what it sees, so
-                // a version from further ahead (a writer whose clock ran fast before
-                // the aux nodes refused it) cannot be outranked without that jump.
+                // a version from further ahead (stamped by a writer whose clock ran
+                // fast) cannot be outranked without that jump.
                 return Err(ApiError::Unavailable(format!(
                     "{key:?} holds a version from {} ms in the future (a writer's clock is off); refusing rather than being hidden by it",
-                    newest_met.map_or(0, |newest| HybridClock::lead_of(newest, unix_millis()))
+                    HybridClock::lead_of(newest, unix_millis())
                 )));
             }
             match self
