@@ -15,7 +15,8 @@ use crate::cluster::{Node, ReadPlacement};
 use crate::error::ApiError;
 use crate::shards::frames::{self, Geometry};
 
-/// How often a read that found only partial versions (racing writers) is retried.
+/// How often a read that found only partial versions, or an unsettled newer write
+/// (racing writers), is retried.
 const PARTIAL_READ_RETRIES: u32 = 4;
 
 /// For this long after placement changed, a miss also asks the nodes beyond the
@@ -57,7 +58,9 @@ impl DataPath {
                 ReadOutcome::NoValue(verdict) => verdict,
             };
             match verdict {
-                Verdict::Partial { .. } if attempt < PARTIAL_READ_RETRIES => {
+                Verdict::Partial { .. } | Verdict::Unsettled(_)
+                    if attempt < PARTIAL_READ_RETRIES =>
+                {
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
@@ -71,6 +74,11 @@ impl DataPath {
                 }
                 // Leftovers of a write that never reached its quorum: a miss.
                 Verdict::Partial { recoverable: false } => return Ok(None),
+                Verdict::Unsettled(reason) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "{key:?} is unsettled: {reason}"
+                    )))
+                }
                 Verdict::Unavailable(counts) => {
                     return Err(ApiError::Unavailable(format!(
                         "too few aux nodes answered to read {key:?}: {counts}"

@@ -7,13 +7,13 @@
 //! A GET answers **503** when:
 //! - fewer owners answered than a miss needs ([`ReadFloors::miss`]), or an owner
 //!   failed while only partial versions were seen: the missing shards may be there;
-//! - a version newer than the newest decodable one (or the newest tombstone) is
-//!   partial, and the nodes holding any newer version, with those that failed or
-//!   are down, make a write quorum: some newer write may have been acknowledged
-//!   (later racing writes may have replaced some of its shards), and the older
-//!   value or delete would wrongly stand for it. A write still in flight, or one
-//!   that died half-way, never could. When every owner answered, this is writers
-//!   racing, and it counts as partial (retried, then a miss) instead;
+//! - after the retries, a version newer than the newest decodable one (or the
+//!   newest tombstone) is still partial, and the nodes holding any newer version,
+//!   with those that failed or are down, make a write quorum: some newer write may
+//!   have been acknowledged (later racing writes may have replaced some of its
+//!   shards), and the older value or delete would wrongly stand for it
+//!   ([`Verdict::Unsettled`]). A write still in flight on fewer nodes, or one that
+//!   died half-way, never could;
 //! - as many of the key's owners are down as a write needs: every shard of an
 //!   acknowledged write may be on them;
 //! - after the retries, only partial versions were seen and the down owners may hold
@@ -172,6 +172,11 @@ pub enum Verdict {
     /// Too little was heard to tell a miss from a value on nodes that did not
     /// answer; the reason names the counts.
     Unavailable(String),
+    /// A write newer than the newest readable version (or delete) may have been
+    /// acknowledged, but none of it is readable yet: writes racing past it, or its
+    /// shards on nodes that failed or are down. Retried like a partial read (racing
+    /// writes land within milliseconds), then unavailable.
+    Unsettled(String),
 }
 
 impl Verdict {
@@ -179,7 +184,7 @@ impl Verdict {
     /// say, or said "absent" while shards may still sit under an older placement.
     pub fn is_inconclusive(&self, placement_changed_recently: bool) -> bool {
         match self {
-            Verdict::Partial { .. } | Verdict::Unavailable(_) => true,
+            Verdict::Partial { .. } | Verdict::Unavailable(_) | Verdict::Unsettled(_) => true,
             Verdict::Absent => placement_changed_recently,
             Verdict::Decode(_) | Verdict::Deleted(_) => false,
         }
@@ -217,12 +222,8 @@ pub fn verdict(seen: &SeenVersions, floors: ReadFloors) -> Verdict {
         }
         // An older value or an older delete is only the answer when no newer
         // version seen in part may have been acknowledged.
-        if newer_may_be_acknowledged(version) && seen.failures + seen.down_owners == 0 {
-            // Every owner answered: writers are racing past it (retried, then a miss).
-            return Verdict::Partial { recoverable: false };
-        }
         if newer_may_be_acknowledged(version) {
-            return Verdict::Unavailable(format!(
+            return Verdict::Unsettled(format!(
                 "a newer version than {version} has too few shards to read, and {} failed \
                  and {} of its owners are down",
                 seen.failures, seen.down_owners
@@ -363,6 +364,7 @@ mod tests {
     fn verdicts_follow_the_documented_table() {
         let floors = ReadFloors::new(5, 4, 2);
         let unavailable = |text: &str| Verdict::Unavailable(text.to_owned());
+        let unsettled = |text: &str| Verdict::Unsettled(text.to_owned());
         let cases: Vec<(&str, Vec<Answer>, usize, Verdict)> = vec![
             (
                 "every owner has the value",
@@ -422,7 +424,7 @@ mod tests {
                     Shard(5, 4),
                 ],
                 2,
-                unavailable(
+                unsettled(
                     "a newer version than 0000000000000005-0000000000000001 has too few \
                      shards to read, and 0 failed and 2 of its owners are down",
                 ),
@@ -431,7 +433,7 @@ mod tests {
                 "an older tombstone under a newer partial version that may be acknowledged",
                 vec![Tombstone(5), Shard(6, 1), Shard(6, 2), Failed, Failed],
                 0,
-                unavailable(
+                unsettled(
                     "a newer version than 0000000000000005-0000000000000001 has too few \
                      shards to read, and 2 failed and 0 of its owners are down",
                 ),
@@ -446,13 +448,13 @@ mod tests {
                 "racing newer writes, each partial, may together hide an acknowledged one",
                 vec![Tombstone(4), Shard(6, 1), Shard(6, 2), Shard(7, 3), Failed],
                 0,
-                unavailable(
+                unsettled(
                     "a newer version than 0000000000000004-0000000000000001 has too few \
                      shards to read, and 1 failed and 0 of its owners are down",
                 ),
             ),
             (
-                "racing newer writes on every owner: partial, so the read retries",
+                "racing newer writes on every owner: unsettled, so the read retries",
                 vec![
                     Tombstone(4),
                     Shard(6, 1),
@@ -461,7 +463,10 @@ mod tests {
                     Shard(7, 4),
                 ],
                 0,
-                Verdict::Partial { recoverable: false },
+                unsettled(
+                    "a newer version than 0000000000000004-0000000000000001 has too few \
+                     shards to read, and 0 failed and 0 of its owners are down",
+                ),
             ),
             (
                 "nothing anywhere is absent",
