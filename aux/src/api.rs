@@ -12,6 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use shardcache_common::cluster_token::{self, ClusterToken};
 use shardcache_common::frame::{self, ShardFrame};
+use shardcache_common::multi_put::{self, PutAnswer};
 use shardcache_common::version::{HybridClock, Version};
 use shardcache_common::wire::{
     AuxHealth, InventoryCursor, InventoryPage, LeaseRequest, MembershipDoc,
@@ -65,6 +66,7 @@ pub fn app(state: AuxState) -> Router {
             get(get_shard).delete(delete_shard),
         )
         .route(wire::MULTI_GET_PATH, post(multi_get_shards))
+        .route(wire::MULTI_PUT_PATH, post(multi_put_shards))
         .route(wire::INVENTORY_PATH, get(inventory))
         .route(wire::LEASE_PATH, post(lease))
         .route(
@@ -135,14 +137,49 @@ fn conflict(held: Version) -> Response {
 /// Stores a copy of the frame: the body is a view of the connection's receive
 /// buffer, which must not outlive the request (it would pin kilobytes per shard).
 async fn put_shard(State(state): State<AuxState>, body: Bytes) -> Response {
-    let mut frame = match ShardFrame::decode(body) {
-        Ok(frame) => frame,
-        Err(problem) => return error(StatusCode::BAD_REQUEST, problem.to_string()),
+    match store_frame(&state, body, unix_millis()) {
+        PutAnswer::Stored => StatusCode::NO_CONTENT.into_response(),
+        PutAnswer::Superseded(held) => conflict(held),
+        PutAnswer::Refused { status, reason } => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            reason,
+        ),
+    }
+}
+
+/// Many frames, each stored (or refused) as `put_shard` would, with an answer each
+/// (see `shardcache_common::multi_put`).
+async fn multi_put_shards(State(state): State<AuxState>, body: Bytes) -> Response {
+    let frames = match multi_put::decode_request(&body) {
+        Ok(frames) => frames,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
     };
     let now_ms = unix_millis();
+    let answers: Vec<PutAnswer> = frames
+        .into_iter()
+        .map(|frame| store_frame(&state, frame, now_ms))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        multi_put::encode_response(&answers),
+    )
+        .into_response()
+}
+
+/// Decodes and stores one received frame: refused when it is corrupt, stamped
+/// beyond `--max-clock-skew` in this node's future, or larger than the store.
+fn store_frame(state: &AuxState, body: Bytes, now_ms: u64) -> PutAnswer {
+    let refused = |status: StatusCode, reason: String| PutAnswer::Refused {
+        status: status.as_u16(),
+        reason,
+    };
+    let mut frame = match ShardFrame::decode(body) {
+        Ok(frame) => frame,
+        Err(problem) => return refused(StatusCode::BAD_REQUEST, problem.to_string()),
+    };
     let lead_ms = HybridClock::lead_of(frame.version, now_ms);
     if lead_ms > state.max_clock_skew_ms {
-        return error(
+        return refused(
             StatusCode::BAD_REQUEST,
             format!(
                 "version {} is stamped {lead_ms} ms ahead of this node's clock, beyond --max-clock-skew ({} ms): the writer's clock is off",
@@ -153,9 +190,9 @@ async fn put_shard(State(state): State<AuxState>, body: Bytes) -> Response {
     // Expiry is decided on this node's clock: the frame says how long it has left.
     frame.expiry_ms = frame::deadline_from_time_left(frame.expiry_ms, now_ms);
     match state.store.put(&frame, now_ms) {
-        PutResult::Stored | PutResult::AlreadyHeld => StatusCode::NO_CONTENT.into_response(),
-        PutResult::Superseded(held) => conflict(held),
-        PutResult::TooLarge => error(
+        PutResult::Stored | PutResult::AlreadyHeld => PutAnswer::Stored,
+        PutResult::Superseded(held) => PutAnswer::Superseded(held),
+        PutResult::TooLarge => refused(
             StatusCode::PAYLOAD_TOO_LARGE,
             "shard is larger than this node's capacity".into(),
         ),
@@ -469,6 +506,58 @@ mod tests {
             );
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_multi_put_answers_every_frame_as_a_single_put_would() {
+        let app = test_app();
+        send(&app, "PUT", wire::SHARDS_PATH, frame("held", 9).encode()).await;
+        let mut corrupt = frame("bad", 5).encode().to_vec();
+        corrupt[60] ^= 1;
+        let frames = [
+            frame("new", 5).encode(),
+            frame("held", 8).encode(),
+            Bytes::from(corrupt),
+            frame("future", (unix_millis() + 30_000) << 16).encode(),
+        ];
+        let response = send(
+            &app,
+            "POST",
+            wire::MULTI_PUT_PATH,
+            multi_put::encode_request(&frames),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let answers = multi_put::decode_response(&body, frames.len()).unwrap();
+        assert_eq!(answers[0], PutAnswer::Stored);
+        assert_eq!(
+            answers[1],
+            PutAnswer::Superseded(Version {
+                timestamp: 9,
+                writer: 3
+            })
+        );
+        assert!(
+            matches!(&answers[2], PutAnswer::Refused { status: 400, reason } if reason.contains("checksum")),
+            "{:?}",
+            answers[2]
+        );
+        assert!(
+            matches!(&answers[3], PutAnswer::Refused { status: 400, reason } if reason.contains("clock")),
+            "{:?}",
+            answers[3]
+        );
+        let stored = send(&app, "GET", &wire::shard_path("new"), Bytes::new()).await;
+        assert_eq!(stored.status(), StatusCode::OK);
+        let refused = send(
+            &app,
+            "POST",
+            wire::MULTI_PUT_PATH,
+            Bytes::from_static(b"\x00"),
+        )
+        .await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

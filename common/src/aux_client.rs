@@ -17,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::frame::{FrameError, ShardFrame};
 use crate::multi_get;
+use crate::multi_put::{self, PutAnswer};
 use crate::version::Version;
 use crate::wire::{
     self, AuxHealth, InventoryCursor, InventoryPage, LeaseAnswer, LeaseRequest, MembershipDoc,
@@ -141,6 +142,35 @@ where
         Ok(answers
             .into_iter()
             .map(|answer| answer.map(ShardFrame::decode).transpose())
+            .collect())
+    }
+
+    /// Stores many encoded frames on `node` in one request: each answered as
+    /// [`put_shard`](Self::put_shard) would answer it alone.
+    pub async fn multi_put_shards(
+        &self,
+        node: &str,
+        frames: &[Bytes],
+    ) -> Result<Vec<Result<PutOutcome, AuxError>>, AuxError> {
+        let body = multi_put::encode_request(frames);
+        let (status, _, body) = self
+            .call(Method::POST, node, wire::MULTI_PUT_PATH, body)
+            .await?;
+        if status != StatusCode::OK {
+            return Err(AuxError::Status(status));
+        }
+        let answers = multi_put::decode_response(&body, frames.len()).map_err(|problem| {
+            AuxError::Transport(format!("malformed multi-put answer: {problem}"))
+        })?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer {
+                PutAnswer::Stored => Ok(PutOutcome::Stored),
+                PutAnswer::Superseded(held) => Ok(PutOutcome::Superseded(held)),
+                PutAnswer::Refused { status, .. } => Err(AuxError::Status(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                )),
+            })
             .collect())
     }
 

@@ -23,6 +23,7 @@ pub mod frame;
 pub mod http_limits;
 pub mod http_metrics;
 pub mod multi_get;
+pub mod multi_put;
 pub mod ring;
 pub mod runtime;
 pub mod server;

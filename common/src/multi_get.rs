@@ -22,8 +22,8 @@ use crate::frame::read_u32;
 /// Most keys one multi-get may name (invariant 5: every batch has a limit).
 pub const MAX_KEYS: usize = 1024;
 
-const COUNT_LEN: usize = 4;
-const LENGTH_PREFIX_LEN: usize = 4;
+pub(crate) const COUNT_LEN: usize = 4;
+pub(crate) const LENGTH_PREFIX_LEN: usize = 4;
 
 /// Encodes the request body naming `keys`.
 pub fn encode_request<K: AsRef<str>>(keys: &[K]) -> Bytes {
@@ -129,7 +129,7 @@ pub fn decode_response(body: &Bytes, asked: usize) -> Result<Vec<Option<Bytes>>,
     Ok(answers)
 }
 
-fn read_count(body: &[u8]) -> Result<(usize, usize), String> {
+pub(crate) fn read_count(body: &[u8]) -> Result<(usize, usize), String> {
     if body.len() < COUNT_LEN {
         return Err(format!("truncated: only {} bytes", body.len()));
     }
@@ -137,7 +137,7 @@ fn read_count(body: &[u8]) -> Result<(usize, usize), String> {
 }
 
 /// The length-prefixed item at `*at`, advancing `*at` past it.
-fn read_item<'a>(
+pub(crate) fn read_item<'a>(
     body: &'a [u8],
     at: &mut usize,
     index: usize,
@@ -156,7 +156,7 @@ fn read_item<'a>(
     Ok(&body[start..start + len])
 }
 
-fn expect_end(body: &[u8], at: usize) -> Result<(), String> {
+pub(crate) fn expect_end(body: &[u8], at: usize) -> Result<(), String> {
     match body.len() - at {
         0 => Ok(()),
         extra => Err(format!("{extra} bytes after the last item")),

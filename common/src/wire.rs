@@ -33,6 +33,9 @@ pub const SHARDS_PATH: &str = "/v1/shards";
 /// Batched shard reads: many keys, one request ([`crate::multi_get`]).
 pub const MULTI_GET_PATH: &str = "/v1/multi-get";
 
+/// Many shard frames stored on one node in one request (see `multi_put`).
+pub const MULTI_PUT_PATH: &str = "/v1/multi-put";
+
 /// Paged listing of the shards an aux node holds.
 pub const INVENTORY_PATH: &str = "/v1/inventory";
 

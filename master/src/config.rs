@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shardcache_common::frame::MAX_KEY_BYTES;
-use shardcache_common::multi_get;
 use shardcache_common::units::{ByteSize, HumanDuration};
+use shardcache_common::{multi_get, multi_put};
 
 /// A shardcache master: the stateless HTTP/JSON API that erasure-codes values
 /// across aux nodes.
@@ -105,6 +105,20 @@ pub struct MasterConfig {
     /// all are busy wait and go out together in the next one.
     #[arg(long, env = "SHARDCACHE_READ_BATCH_IN_FLIGHT", default_value_t = 2)]
     pub read_batch_in_flight: usize,
+
+    /// Most shard writes sent to one aux node in one multi-put request; 1 turns
+    /// batching off (one PUT per shard). Writes are never held back to fill a batch.
+    #[arg(long, env = "SHARDCACHE_WRITE_BATCH_MAX", default_value_t = 64)]
+    pub write_batch_max: usize,
+
+    /// Most frame bytes in one multi-put request; a larger shard goes alone.
+    #[arg(long, env = "SHARDCACHE_WRITE_BATCH_BYTES", default_value = "1MiB")]
+    pub write_batch_bytes: ByteSize,
+
+    /// Multi-put requests in flight to one aux node at a time; writes arriving while
+    /// all are busy wait and go out together in the next one.
+    #[arg(long, env = "SHARDCACHE_WRITE_BATCH_IN_FLIGHT", default_value_t = 2)]
+    pub write_batch_in_flight: usize,
 
     /// Longest key, in UTF-8 bytes.
     #[arg(long, env = "SHARDCACHE_MAX_KEY_SIZE", default_value = "1KiB")]
@@ -217,6 +231,15 @@ impl MasterConfig {
         }
         if self.read_batch_in_flight == 0 {
             return Err("--read-batch-in-flight must be at least 1".into());
+        }
+        if self.write_batch_max == 0 || self.write_batch_max > multi_put::MAX_FRAMES {
+            return Err(format!(
+                "--write-batch-max must be between 1 and {}",
+                multi_put::MAX_FRAMES
+            ));
+        }
+        if self.write_batch_in_flight == 0 {
+            return Err("--write-batch-in-flight must be at least 1".into());
         }
         if self.repair_concurrency == 0 {
             return Err("--repair-concurrency must be at least 1".into());

@@ -52,8 +52,9 @@ use metrics::MasterMetrics;
 use repair::{RepairSettings, Repairer};
 use shards::{BatchSettings, ShardClient};
 
-/// Most shard reads waiting for one aux node; a full queue makes readers wait.
-const READ_QUEUE_PER_NODE: usize = 4096;
+/// Most shard reads (or writes) waiting for one aux node; a full queue makes
+/// callers wait.
+const QUEUE_PER_NODE: usize = 4096;
 
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,9 +107,16 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         client,
         metrics.clone(),
         BatchSettings {
-            max_keys: config.read_batch_max,
+            max_items: config.read_batch_max,
+            max_bytes: usize::MAX, // keys: bounded by max_items × --max-key-size
             in_flight: config.read_batch_in_flight,
-            queue: READ_QUEUE_PER_NODE,
+            queue: QUEUE_PER_NODE,
+        },
+        BatchSettings {
+            max_items: config.write_batch_max,
+            max_bytes: config.write_batch_bytes.bytes() as usize,
+            in_flight: config.write_batch_in_flight,
+            queue: QUEUE_PER_NODE,
         },
     );
     let data = Arc::new(DataPath::new(

@@ -108,6 +108,7 @@ pub struct MasterMetrics {
     shard_requests: IntCounterVec,
     shard_duration: HistogramVec,
     shard_batch_keys: Histogram,
+    shard_put_batch_frames: Histogram,
     reads: IntCounterVec,
     degraded_reads: IntCounter,
     decode_failures: IntCounter,
@@ -171,6 +172,11 @@ impl MasterMetrics {
             shard_batch_keys: r.histogram(
                 "shard_batch_keys",
                 "Keys per batched shard read (one multi-get request to one aux node).",
+                &BATCH_KEY_BUCKETS,
+            )?,
+            shard_put_batch_frames: r.histogram(
+                "shard_put_batch_frames",
+                "Frames per batched shard write (one multi-put request to one aux node).",
                 &BATCH_KEY_BUCKETS,
             )?,
             reads: r.counter_vec(
@@ -271,6 +277,11 @@ impl MasterMetrics {
     /// Records the size of one batched shard read sent to an aux node.
     pub fn shard_batch(&self, keys: usize) {
         self.shard_batch_keys.observe(keys as f64);
+    }
+
+    /// Records the size of one batched shard write sent to an aux node.
+    pub fn shard_put_batch(&self, frames: usize) {
+        self.shard_put_batch_frames.observe(frames as f64);
     }
 
     /// Counts a frame that failed its checksum on the way from an aux node.

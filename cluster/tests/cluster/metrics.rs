@@ -148,7 +148,8 @@ async fn metrics_follow_traffic_failures_and_repair() {
             ) > 1.7e9
         );
         assert!(scrape.value("shardcache_aux_snapshot_duration_seconds_count", &[]) >= 1.0);
-        let shard_puts = [("route", "/v1/shards"), ("method", "PUT")];
+        // Shard writes arrive batched, as multi-puts.
+        let shard_puts = [("route", "/v1/multi-put"), ("method", "POST")];
         assert!(scrape.value("shardcache_aux_http_requests_total", &shard_puts) > 0.0);
         assert!(
             !scrape.text.contains("metrics-secret-key"),

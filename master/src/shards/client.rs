@@ -1,9 +1,10 @@
 //! The master's shard calls to aux nodes — put, get, delete — each one counted and
 //! timed per node, operation and outcome (`shardcache_master_shard_requests_total`
 //! and `…_shard_request_duration_seconds`). The data path and repair go through it,
-//! so no shard call escapes the metrics. Gets go through the [`ReadBatcher`] unless
-//! batching is off (`--read-batch-max 1`), then each is a GET of its own; callers
-//! that ask several nodes use [`ShardClient::gather`], which hides the difference.
+//! so no shard call escapes the metrics. Gets and puts go through a [`Batcher`]
+//! unless batching is off for them (`--read-batch-max 1`, `--write-batch-max 1`),
+//! then each is a request of its own; callers that ask several nodes use
+//! [`ShardClient::gather`], which hides the difference.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,9 +16,20 @@ use shardcache_common::aux_client::{AuxClient, AuxError, PutOutcome};
 use shardcache_common::version::Version;
 use tokio::sync::mpsc;
 
-use super::batcher::{BatchSettings, ReadBatcher, ShardRead};
+use super::batcher::{BatchKind, BatchSettings, Batcher, Reads, ShardRead, Writes};
 use crate::cluster::Node;
 use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
+
+/// A batcher for calls of kind `K`, unless batching is off for them (one item per
+/// batch).
+fn batcher<K: BatchKind>(
+    client: &AuxClient,
+    settings: BatchSettings,
+    metrics: &Arc<MasterMetrics>,
+) -> Option<Arc<Batcher<K>>> {
+    (settings.max_items > 1)
+        .then(|| Arc::new(Batcher::new(client.clone(), settings, metrics.clone())))
+}
 
 /// An [`AuxClient`] whose shard calls are measured.
 #[derive(Clone)]
@@ -25,17 +37,23 @@ pub struct ShardClient {
     client: AuxClient,
     metrics: Arc<MasterMetrics>,
     /// `None` when reads are not batched.
-    reads: Option<Arc<ReadBatcher>>,
+    reads: Option<Arc<Batcher<Reads>>>,
+    /// `None` when writes are not batched.
+    writes: Option<Arc<Batcher<Writes>>>,
 }
 
 impl ShardClient {
-    pub fn new(client: AuxClient, metrics: Arc<MasterMetrics>, batching: BatchSettings) -> Self {
-        let reads = (batching.max_keys > 1)
-            .then(|| Arc::new(ReadBatcher::new(client.clone(), batching, metrics.clone())));
+    pub fn new(
+        client: AuxClient,
+        metrics: Arc<MasterMetrics>,
+        reads: BatchSettings,
+        writes: BatchSettings,
+    ) -> Self {
         ShardClient {
+            reads: batcher(&client, reads, &metrics),
+            writes: batcher(&client, writes, &metrics),
             client,
             metrics,
-            reads,
         }
     }
 
@@ -45,7 +63,11 @@ impl ShardClient {
         &self.client
     }
 
+    /// Stores `frame` on `node`, as part of whatever batch it joins.
     pub async fn put(&self, node: &Node, frame: Bytes) -> Result<PutOutcome, AuxError> {
+        if let Some(batcher) = &self.writes {
+            return batcher.call(node, frame).await;
+        }
         let started = Instant::now();
         let result = self.client.put_shard(&node.address, frame).await;
         self.record(node, ShardOp::Put, ShardOutcome::of_put(&result), started);
@@ -76,7 +98,7 @@ impl ShardClient {
     /// One node's shard of `key`. Await it to the end (see [`gather`](Self::gather)).
     pub async fn get(&self, node: &Node, key: &str) -> ShardRead {
         if let Some(batcher) = &self.reads {
-            return batcher.get(node, key).await;
+            return batcher.call(node, key.to_owned()).await;
         }
         let started = Instant::now();
         let result = self.client.get_shard(&node.address, key).await;
