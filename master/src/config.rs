@@ -111,7 +111,8 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_WRITE_BATCH_MAX", default_value_t = 64)]
     pub write_batch_max: usize,
 
-    /// Most frame bytes in one multi-put request; a larger shard goes alone.
+    /// Most frame bytes in one multi-put request; a larger shard goes alone. Keep
+    /// it well below the aux nodes' `--max-request-size`.
     #[arg(long, env = "SHARDCACHE_WRITE_BATCH_BYTES", default_value = "1MiB")]
     pub write_batch_bytes: ByteSize,
 
