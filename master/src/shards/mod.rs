@@ -3,7 +3,8 @@
 //! - [`client`]: [`ShardClient`], the one way shard calls leave a master, each
 //!   counted and timed; [`ShardClient::gather`] asks several nodes for a key and
 //!   hides whether the gets are batched.
-//! - [`batcher`]: shard reads queued per aux node and sent together in multi-gets.
+//! - [`batcher`]: shard reads and writes queued per aux node and sent together in
+//!   multi-gets and multi-puts.
 //! - [`frames`]: building, decoding and rebuilding shard frames (the codec side),
 //!   tombstones included, in one place for the data path and repair.
 
