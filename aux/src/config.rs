@@ -59,6 +59,13 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Threads that serve requests: 1 (the default) runs every task on one thread,
+    /// the cheapest per request, with no wake-ups across threads; more uses that
+    /// many; 0, one per core. To use more cores, run more nodes (masters are
+    /// stateless behind nginx) or raise this.
+    #[arg(long, env = "SHARDCACHE_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
     /// Shards whose version is stamped further than this ahead of this node's
     /// clock are refused (400): the writing master's clock is off, and its versions
     /// would outrank later writes for that long. Masters refuse writes past the same

@@ -10,7 +10,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let config = shardcache_aux::AuxConfig::parse();
     shardcache_common::runtime::init_logging();
-    shardcache_common::runtime::exit_on_error(shardcache_common::runtime::block_on(
+    shardcache_common::runtime::exit_on_error(shardcache_common::runtime::block_on_with_workers(
+        config.worker_threads,
         shardcache_aux::serve(config),
     ));
 }

@@ -5,7 +5,7 @@
 //! It answers `POST /data`, `GET /data/{key}` and `DELETE /data/{key}` with the
 //! master's own request checks, response shapes and error type (`master::api`),
 //! parses requests with the master's extractors, and runs on the same stack: axum on
-//! a multi-threaded Tokio runtime, mimalloc, the master's request deadline and its
+//! the nodes' default single-threaded Tokio runtime (`--worker-threads 1`), mimalloc, the master's request deadline and its
 //! default limits, `listening on ADDR` on stdout, `--stop-with-parent`.
 //! What it leaves out is what makes shardcache shardcache — no erasure coding, no
 //! aux nodes, no metrics, no expiry (a `ttl` is accepted and ignored) — so the
@@ -43,12 +43,15 @@ pub struct BenchBareArgs {
     /// Exit when standard input closes (set by the benchmark).
     #[arg(long, hide = true)]
     pub stop_with_parent: bool,
+    /// Threads serving requests, as the nodes' `--worker-threads` (0: one per core).
+    #[arg(long, default_value_t = 1)]
+    pub worker_threads: usize,
 }
 
 /// Binds, prints `listening on ADDR` and serves until Ctrl-C, SIGTERM or, with
 /// `--stop-with-parent`, the end of standard input.
 pub fn bench_bare(args: BenchBareArgs) -> anyhow::Result<()> {
-    runtime::block_on(serve(args))
+    runtime::block_on_with_workers(args.worker_threads, serve(args))
 }
 
 async fn serve(args: BenchBareArgs) -> anyhow::Result<()> {

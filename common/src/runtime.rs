@@ -110,11 +110,36 @@ pub async fn shutdown_signal(stop_with_parent: bool) {
     }
 }
 
-/// Runs `future` to completion on a fresh multi-threaded Tokio runtime, then drops
-/// the runtime without waiting for blocking tasks (the stdin watcher of
-/// [`shutdown_signal`] never finishes on its own).
+/// Runs `future` to completion on a fresh multi-threaded Tokio runtime with a
+/// worker per core (see [`block_on_with_workers`]).
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    block_on_with_workers(0, future)
+}
+
+/// Runs `future` to completion on a fresh Tokio runtime, then drops the runtime
+/// without waiting for blocking tasks (the stdin watcher of [`shutdown_signal`]
+/// never finishes on its own).
+///
+/// `worker_threads` 1 is a single-threaded runtime: every task runs on the calling
+/// thread, so a task waking another never crosses threads (no futex wake-up, no
+/// work stealing). That is what a node sharing its cores with other processes
+/// wants, and the nodes' default (`--worker-threads`). More is a multi-threaded
+/// runtime with that many workers; 0, one worker per core. Blocking work
+/// (snapshots, the stdin watcher) has its own pool either way.
+pub fn block_on_with_workers<F: std::future::Future>(
+    worker_threads: usize,
+    future: F,
+) -> F::Output {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        workers => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .expect("build the tokio runtime");
@@ -132,5 +157,23 @@ pub fn exit_on_error<E: std::fmt::Display>(result: Result<(), E>) -> ! {
             eprintln!("error: {error:#}");
             std::process::exit(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+
+    use super::block_on_with_workers;
+
+    #[test]
+    fn one_worker_is_a_single_threaded_runtime_and_more_are_multi_threaded() {
+        let flavor =
+            |workers| block_on_with_workers(workers, async { Handle::current().runtime_flavor() });
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(0), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(3), RuntimeFlavor::MultiThread);
+        let workers = block_on_with_workers(3, async { Handle::current().metrics().num_workers() });
+        assert_eq!(workers, 3);
     }
 }

@@ -134,6 +134,13 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_TOMBSTONE_TTL", default_value = "24h")]
     pub tombstone_ttl: HumanDuration,
 
+    /// Threads that serve requests: 1 (the default) runs every task on one thread,
+    /// the cheapest per request, with no wake-ups across threads; more uses that
+    /// many; 0, one per core. To use more cores, run more nodes (masters are
+    /// stateless behind nginx) or raise this.
+    #[arg(long, env = "SHARDCACHE_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
     /// How far this master's clock may be from the aux nodes' (measured by the
     /// health probes) before it refuses writes with a 503 and reports `degraded`.
     /// It also caps how far a version read from another writer moves this master's
