@@ -4,9 +4,11 @@
 //! [`BatchKind`] says what is batched; [`Reads`] and [`Writes`] are the two kinds.
 //!
 //! There is no timer and no waiting for a batch to fill. A dispatcher sends the
-//! first call the moment a request slot is free; only while all of the node's
-//! `in_flight` slots are busy do further calls queue, and the next free slot takes
-//! up to `max_items` of them (and `max_bytes` of what they carry) at once. A lone
+//! first call as soon as a request slot is free and the tasks already runnable
+//! have had their turn (one `yield_now`: requests that arrived together queue
+//! their calls first); while all of the node's `in_flight` slots are busy, further
+//! calls queue, and the next free slot takes up to `max_items` of them (and
+//! `max_bytes` of what they carry) at once. A lone
 //! call therefore costs what a single request did, and under load a hop's fixed
 //! cost (HTTP parsing, routing, syscalls on both sides) is shared by the batch.
 //! Each call gets its own answer: one frame refused or superseded does not touch
@@ -271,6 +273,10 @@ async fn dispatch<K: BatchKind>(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return; // never closed
         };
+        // Let the tasks that are already runnable go first: requests that arrived
+        // together (one socket readiness pass) then queue their calls before this
+        // batch is cut, rather than each opening a batch of its own.
+        tokio::task::yield_now().await;
         let mut bytes = K::bytes(&first.item);
         let mut batch = vec![first];
         while batch.len() < max_items {
