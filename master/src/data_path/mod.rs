@@ -33,7 +33,7 @@
 //! Every shard request is bounded by the client's timeout and is left to finish after
 //! the client got its answer: the remaining owners still receive their shards, and
 //! dropping a request half-way would close its pooled connection
-//! ([`ShardClient::gather`] and [`crate::shards::fan_out`] take care of that).
+//! ([`ShardClient::gather`] and [`ShardClient::put_all`] take care of that).
 
 mod read;
 pub mod verdict;

@@ -155,7 +155,7 @@ impl DataPath {
         settle_early: bool,
     ) {
         let mut answers = self.shards.gather(key, nodes);
-        while let Some((node, outcome)) = futures::StreamExt::next(&mut answers).await {
+        while let Some((node, outcome)) = answers.next().await {
             match outcome {
                 Ok(Some(frame)) if frame.key != key => {
                     tracing::warn!(node = %node.id, held = %frame.key, "aux node answered with another key's shard");

@@ -31,7 +31,6 @@ use shardcache_common::version::{HybridClock, Version};
 use super::DataPath;
 use crate::error::ApiError;
 use crate::metrics::QuorumOp;
-use crate::shards::fan_out;
 use crate::shards::frames::{self, Geometry};
 use shardcache_common::codec::Codec;
 
@@ -146,13 +145,12 @@ impl DataPath {
                 self.write_quorum
             )));
         }
-        let mut answers = fan_out(owners.into_iter().zip(frames).map(|(owner, frame)| {
-            let (shards, node) = (self.shards.clone(), owner.clone());
-            (owner, async move { shards.put(&node, frame).await })
-        }));
+        let mut answers = self
+            .shards
+            .put_all(owners.into_iter().zip(frames).collect());
         let (mut acknowledged, mut outranked, mut failures) = (0, 0, Vec::new());
         let mut newest_met = version;
-        while let Some((owner, outcome)) = answers.recv().await {
+        while let Some((owner, outcome)) = answers.next().await {
             match outcome {
                 Ok(PutOutcome::Stored) => acknowledged += 1,
                 // A concurrent write: stamped by this master after this one, or

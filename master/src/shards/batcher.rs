@@ -18,7 +18,9 @@
 //! makes callers wait, it never grows), a batch at most `max_items` and `max_bytes`
 //! (a single larger item goes alone), and every call gives up after the client's
 //! timeout counted from when it was queued, so a hung node costs its callers one
-//! timeout however long its queue.
+//! timeout however long its queue. A caller asking several nodes at once
+//! ([`Batcher::fan_out`]: a read's owners, a write's shards) gets their answers on
+//! one channel under one deadline, rather than a channel and a timer per node.
 //!
 //! A caller may stop waiting at any point (a read that has heard enough owners drops
 //! the rest): the request itself belongs to the dispatcher, so dropping a call never
@@ -33,6 +35,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,7 @@ use parking_lot::Mutex;
 use shardcache_common::aux_client::{AuxClient, AuxError, PutOutcome};
 use shardcache_common::frame::ShardFrame;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Sleep;
 
 use crate::cluster::Node;
 use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
@@ -159,7 +163,79 @@ struct Queued<K: BatchKind> {
     item: K::Item,
     node_id: Arc<str>,
     queued_at: Instant,
-    reply: oneshot::Sender<Result<K::Value, AuxError>>,
+    reply: Reply<K::Value>,
+}
+
+/// Where the answer to one call goes.
+enum Reply<V> {
+    /// To the one caller of [`Batcher::call`].
+    Alone(oneshot::Sender<Result<V, AuxError>>),
+    /// To the [`FanOut`] the call is part of, with the call's position in it.
+    Fanned {
+        index: usize,
+        answers: mpsc::UnboundedSender<(usize, Result<V, AuxError>)>,
+    },
+}
+
+impl<V> Reply<V> {
+    /// Whether nobody waits for the answer any more.
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Alone(reply) => reply.is_closed(),
+            Reply::Fanned { answers, .. } => answers.is_closed(),
+        }
+    }
+
+    fn send(self, answer: Result<V, AuxError>) {
+        match self {
+            Reply::Alone(reply) => {
+                let _ = reply.send(answer);
+            }
+            Reply::Fanned { index, answers } => {
+                let _ = answers.send((index, answer));
+            }
+        }
+    }
+}
+
+/// The answers to the calls of one [`Batcher::fan_out`], as they arrive, each
+/// with the position of its call. One deadline covers them all: once it passes,
+/// each call still unanswered yields a timeout. Dropping it stops the listening,
+/// not the calls already sent.
+pub struct FanOut<V> {
+    answers: mpsc::UnboundedReceiver<(usize, Result<V, AuxError>)>,
+    /// Whether each call is still unanswered.
+    unanswered: Vec<bool>,
+    remaining: usize,
+    deadline: Pin<Box<Sleep>>,
+    timeout: Duration,
+}
+
+impl<V> FanOut<V> {
+    /// The next answer; `None` once every call has had one.
+    pub async fn next(&mut self) -> Option<(usize, Result<V, AuxError>)> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let arrived = tokio::select! {
+            biased;
+            answer = self.answers.recv() => answer,
+            () = &mut self.deadline => None,
+        };
+        let (index, answer) = match arrived {
+            Some((index, answer)) => (index, answer),
+            // The deadline passed (or, never expected, every sender went away
+            // unanswered): the calls left have timed out.
+            None => {
+                let index = self.unanswered.iter().position(|&waiting| waiting)?;
+                (index, Err(AuxError::Timeout(self.timeout)))
+            }
+        };
+        if std::mem::replace(&mut self.unanswered[index], false) {
+            self.remaining -= 1;
+        }
+        Some((index, answer))
+    }
 }
 
 /// The per-node queues and their dispatchers, for one kind of call.
@@ -182,6 +258,61 @@ impl<K: BatchKind> Batcher<K> {
         }
     }
 
+    /// Makes one call per `(node, item)`, each joining its node's batch, without
+    /// waiting; the answers come through the returned [`FanOut`] as they arrive,
+    /// under one deadline (the client's timeout) for them all. A node whose queue
+    /// is full does not hold up the calls to the others.
+    pub fn fan_out<'a>(
+        &self,
+        calls: impl IntoIterator<Item = (&'a Node, K::Item)>,
+    ) -> FanOut<K::Value> {
+        let timeout = self.client.timeout();
+        let queued_at = Instant::now();
+        let (sender, answers) = mpsc::unbounded_channel();
+        let mut calls_made = 0;
+        for (index, (node, item)) in calls.into_iter().enumerate() {
+            calls_made += 1;
+            self.enqueue(
+                &node.address,
+                Queued {
+                    item,
+                    node_id: node.id.clone(),
+                    queued_at,
+                    reply: Reply::Fanned {
+                        index,
+                        answers: sender.clone(),
+                    },
+                },
+            );
+        }
+        FanOut {
+            answers,
+            unanswered: vec![true; calls_made],
+            remaining: calls_made,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        }
+    }
+
+    /// Queues `call` for `address` at once when there is room, else from a task of
+    /// its own that waits for room.
+    fn enqueue(&self, address: &str, call: Queued<K>) {
+        let call = match self.queue(address).try_send(call) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(call)) => call,
+            // The dispatcher ended idle after its queue was taken: a fresh one.
+            Err(mpsc::error::TrySendError::Closed(call)) => call,
+        };
+        let queue = self.queue(address);
+        tokio::spawn(async move {
+            if let Err(mpsc::error::SendError(call)) = queue.send(call).await {
+                call.reply.send(Err(AuxError::Transport(
+                    "the shard batcher has stopped".into(),
+                )));
+            }
+        });
+    }
+
     /// Makes the call `item` to `node`, as part of whatever batch it joins.
     pub async fn call(&self, node: &Node, item: K::Item) -> Result<K::Value, AuxError> {
         let timeout = self.client.timeout();
@@ -190,7 +321,7 @@ impl<K: BatchKind> Batcher<K> {
             item,
             node_id: node.id.clone(),
             queued_at: Instant::now(),
-            reply,
+            reply: Reply::Alone(reply),
         };
         let exchange = async {
             // A dispatcher may end idle between taking its queue and sending to it:
@@ -312,7 +443,7 @@ async fn dispatch<K: BatchKind>(
                 if let Err(error) = &answer {
                     metrics.shard_error(error);
                 }
-                let _ = reply.send(answer);
+                reply.send(answer);
             }
         });
     }
@@ -348,5 +479,54 @@ mod tests {
             "a fresh dispatcher took the read: {answer:?}"
         );
         assert!(!is_closed(&batcher));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fan_out_answers_every_call_once_and_times_out_a_hung_node_under_one_deadline() {
+        // A node that accepts connections and never answers, and one that refuses them.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hung = Node {
+            id: "hung".into(),
+            address: listener.local_addr().unwrap().to_string().into(),
+        };
+        let refusing = Node {
+            id: "refusing".into(),
+            address: "127.0.0.1:1".into(),
+        };
+        let timeout = Duration::from_secs(1);
+        // One call per request and one request at a time: the hung node's second
+        // call waits a whole timeout for the first, so only the fan-out's own
+        // deadline can answer it within one.
+        let settings = BatchSettings {
+            max_items: 1,
+            max_bytes: 1 << 20,
+            in_flight: 1,
+            queue: 16,
+        };
+        let batcher = Batcher::<Reads>::new(
+            AuxClient::new(timeout, 1 << 20),
+            settings,
+            Arc::new(MasterMetrics::new()),
+        );
+        let started = tokio::time::Instant::now();
+        let mut calls = batcher.fan_out([
+            (&hung, "a".to_owned()),
+            (&refusing, "b".to_owned()),
+            (&hung, "c".to_owned()),
+        ]);
+        let mut answered = Vec::new();
+        while let Some((index, answer)) = calls.next().await {
+            let timed_out = matches!(answer, Err(AuxError::Timeout(_)));
+            assert!(answer.is_err(), "call {index}: {answer:?}");
+            answered.push((index, timed_out));
+        }
+        assert!(started.elapsed() <= timeout + Duration::from_millis(10));
+        answered.sort();
+        assert_eq!(
+            answered,
+            [(0, true), (1, false), (2, true)],
+            "each call answered once: the hung node's by the deadline, the refusing one's at once"
+        );
+        assert!(calls.next().await.is_none());
     }
 }

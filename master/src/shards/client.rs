@@ -4,19 +4,19 @@
 //! so no shard call escapes the metrics. Gets and puts go through a [`Batcher`]
 //! unless batching is off for them (`--read-batch-max 1`, `--write-batch-max 1`),
 //! then each is a request of its own; callers that ask several nodes use
-//! [`ShardClient::gather`], which hides the difference.
+//! [`ShardClient::gather`] and [`ShardClient::put_all`], which hide the difference.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use shardcache_common::aux_client::{AuxClient, AuxError, PutOutcome};
+use shardcache_common::frame::ShardFrame;
 use shardcache_common::version::Version;
 use tokio::sync::mpsc;
 
-use super::batcher::{BatchKind, BatchSettings, Batcher, Reads, ShardRead, Writes};
+use super::batcher::{BatchKind, BatchSettings, Batcher, FanOut, Reads, ShardRead, Writes};
 use crate::cluster::Node;
 use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
 
@@ -74,24 +74,46 @@ impl ShardClient {
         result
     }
 
-    /// Asks each of `nodes` for its shard of `key`; the answers come as they arrive.
-    /// The caller may stop listening at any time. Batched gets are polled right in
-    /// the stream (no task per shard): those still queued are then never sent, and
-    /// those in flight finish inside their batch, which measures them. Unbatched
-    /// gets run in tasks of their own and finish in the background, since dropping
-    /// one half-way would close its pooled connection and leave it unmeasured.
-    pub fn gather(&self, key: &str, nodes: &[Node]) -> BoxStream<'static, (Node, ShardRead)> {
-        let gets = nodes.iter().map(|node| {
-            let (shards, node, key) = (self.clone(), node.clone(), key.to_owned());
-            (node.clone(), async move { shards.get(&node, &key).await })
-        });
-        if self.reads.is_some() {
-            gets.map(|(node, get)| async move { (node, get.await) })
-                .collect::<FuturesUnordered<_>>()
-                .boxed()
-        } else {
-            let mut receiver = fan_out(gets);
-            futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
+    /// Asks each of `nodes` for its shard of `key`; the answers come as they arrive,
+    /// and the caller may stop listening at any time. Batched gets still queued then
+    /// are never sent, and those in flight finish inside their batch, which measures
+    /// them. Unbatched gets run in tasks of their own and finish in the background,
+    /// since dropping one half-way would close its pooled connection and leave it
+    /// unmeasured.
+    pub fn gather(&self, key: &str, nodes: &[Node]) -> Answers<Option<ShardFrame>> {
+        match &self.reads {
+            Some(reads) => Answers::Batched {
+                calls: reads.fan_out(nodes.iter().map(|node| (node, key.to_owned()))),
+                nodes: nodes.to_vec(),
+            },
+            None => Answers::Unbatched(fan_out(nodes.iter().map(|node| {
+                let (shards, node, key) = (self.clone(), node.clone(), key.to_owned());
+                (node.clone(), async move { shards.get(&node, &key).await })
+            }))),
+        }
+    }
+
+    /// Stores each frame on its node; the answers come as they arrive. Every put is
+    /// sent, even once the caller stops listening (a write's shards beyond its
+    /// quorum still land).
+    pub fn put_all(&self, puts: Vec<(Node, Bytes)>) -> Answers<PutOutcome> {
+        match &self.writes {
+            Some(writes) => {
+                let nodes: Vec<Node> = puts.iter().map(|(node, _)| node.clone()).collect();
+                Answers::Batched {
+                    calls: writes.fan_out(
+                        nodes
+                            .iter()
+                            .zip(puts)
+                            .map(|(node, (_, frame))| (node, frame)),
+                    ),
+                    nodes,
+                }
+            }
+            None => Answers::Unbatched(fan_out(puts.into_iter().map(|(node, frame)| {
+                let shards = self.clone();
+                (node.clone(), async move { shards.put(&node, frame).await })
+            }))),
         }
     }
 
@@ -131,6 +153,28 @@ impl ShardClient {
     fn record(&self, node: &Node, op: ShardOp, outcome: ShardOutcome, started: Instant) {
         self.metrics
             .shard_call(&node.id, op, outcome, started.elapsed());
+    }
+}
+
+/// The answers of several nodes to one shard call each, in the order they arrive
+/// (from [`ShardClient::gather`] and [`ShardClient::put_all`]).
+pub enum Answers<V> {
+    /// Calls that joined their nodes' batches.
+    Batched { calls: FanOut<V>, nodes: Vec<Node> },
+    /// Calls made one request each, from tasks of their own.
+    Unbatched(mpsc::Receiver<(Node, Result<V, AuxError>)>),
+}
+
+impl<V> Answers<V> {
+    /// The next node's answer; `None` once every node has answered (or timed out).
+    pub async fn next(&mut self) -> Option<(Node, Result<V, AuxError>)> {
+        match self {
+            Answers::Batched { calls, nodes } => {
+                let (index, answer) = calls.next().await?;
+                Some((nodes[index].clone(), answer))
+            }
+            Answers::Unbatched(answers) => answers.recv().await,
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`client`]: [`ShardClient`], the one way shard calls leave a master, each
 //!   counted and timed; [`ShardClient::gather`] asks several nodes for a key and
-//!   hides whether the gets are batched.
+//!   [`ShardClient::put_all`] stores a write's frames, hiding whether the calls
+//!   are batched.
 //! - [`batcher`]: shard reads and writes queued per aux node and sent together in
 //!   multi-gets and multi-puts.
 //! - [`frames`]: building, decoding and rebuilding shard frames (the codec side),
@@ -13,4 +14,4 @@ pub mod client;
 pub mod frames;
 
 pub use batcher::{BatchSettings, ShardRead};
-pub use client::{fan_out, ShardClient};
+pub use client::{fan_out, Answers, ShardClient};
