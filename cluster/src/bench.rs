@@ -26,6 +26,7 @@
 //! skipped with the reason. Every loop is bounded in count and time, and every
 //! process it starts is stopped by PID when it is done.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -237,18 +238,29 @@ impl ServerProcess {
     }
 }
 
-/// The CPU ticks of `servers` (and of the children of those that count them).
-fn server_cpu_ticks(servers: &[ServerProcess]) -> anyhow::Result<u64> {
-    let mut ticks = 0;
+/// What kind of server a process is, for the CPU breakdown: its name up to the
+/// first `-` or space (`master-0` → `master`, `nginx (master and workers)` →
+/// `nginx`).
+fn server_kind(name: &str) -> &str {
+    name.split(['-', ' ']).next().unwrap_or(name)
+}
+
+/// The CPU ticks of `servers` (and of the children of those that count them), by
+/// [`server_kind`].
+fn server_cpu_ticks(servers: &[ServerProcess]) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut ticks = BTreeMap::new();
     for server in servers {
-        ticks += proc_stat::read_stat(server.pid)
+        let mut own = proc_stat::read_stat(server.pid)
             .with_context(|| format!("read the CPU time of {}", server.name))?
             .cpu_ticks();
         if server.with_children {
             for child in proc_stat::children_of(server.pid) {
-                ticks += proc_stat::read_stat(child).map_or(0, |stat| stat.cpu_ticks());
+                own += proc_stat::read_stat(child).map_or(0, |stat| stat.cpu_ticks());
             }
         }
+        *ticks
+            .entry(server_kind(&server.name).to_owned())
+            .or_insert(0) += own;
     }
     Ok(ticks)
 }
@@ -264,6 +276,8 @@ pub struct PhaseResult {
     /// CPU time of every server process of the set-up during the phase.
     pub server_cpu_seconds: f64,
     pub server_cpu_us_per_request: f64,
+    /// The same per request, by kind of process (`master`, `aux`, `nginx`, …).
+    pub server_cpu_us_per_request_by_kind: BTreeMap<String, f64>,
     /// `wrk`, `redis-benchmark` or `memaslap`, its threads, and its CPU use in
     /// percent of one core.
     pub generator: &'static str,
@@ -275,16 +289,21 @@ impl PhaseResult {
     fn new(
         operation: &'static str,
         load: LoadResult,
-        server_cpu_seconds: f64,
+        server_cpu_seconds_by_kind: BTreeMap<String, f64>,
         generator: &'static str,
         generator_threads: usize,
         run: &GeneratorRun,
     ) -> Self {
+        let per_request = |seconds: f64| seconds * 1e6 / load.server_requests.max(1) as f64;
+        let server_cpu_seconds = server_cpu_seconds_by_kind.values().sum();
         PhaseResult {
             operation,
             requests_per_second: load.per_second(),
-            server_cpu_us_per_request: server_cpu_seconds * 1e6
-                / load.server_requests.max(1) as f64,
+            server_cpu_us_per_request: per_request(server_cpu_seconds),
+            server_cpu_us_per_request_by_kind: server_cpu_seconds_by_kind
+                .into_iter()
+                .map(|(kind, seconds)| (kind, per_request(seconds)))
+                .collect(),
             server_cpu_seconds,
             load,
             generator,
@@ -792,11 +811,17 @@ fn measure_phase(
     let before = server_cpu_ticks(servers)?;
     let (load, generator_run) = drive()?;
     let after = server_cpu_ticks(servers)?;
-    let server_cpu_seconds = after.saturating_sub(before) as f64 / run.clock_ticks as f64;
+    let server_cpu_seconds_by_kind = after
+        .into_iter()
+        .map(|(kind, ticks)| {
+            let spent = ticks.saturating_sub(before.get(&kind).copied().unwrap_or(0));
+            (kind, spent as f64 / run.clock_ticks as f64)
+        })
+        .collect();
     let phase = PhaseResult::new(
         operation,
         load,
-        server_cpu_seconds,
+        server_cpu_seconds_by_kind,
         generator,
         generator_threads,
         &generator_run,
@@ -816,9 +841,10 @@ fn phase_summary(phase: &PhaseResult) -> String {
         None => "no latency".into(),
     };
     format!(
-        "{:.0} req/s, {latency}, server {:.1} µs/request, {} {:.0}% CPU, {} errors{}",
+        "{:.0} req/s, {latency}, server {:.1} µs/request ({}), {} {:.0}% CPU, {} errors{}",
         phase.requests_per_second,
         phase.server_cpu_us_per_request,
+        cpu_by_kind(phase),
         phase.generator,
         phase.generator_cpu_percent,
         phase.load.errors,
@@ -1195,7 +1221,7 @@ fn phase_row(setup: &SetupResult, phase: &PhaseResult, bare: Option<&PhaseResult
         false => format!("{} ({})", phase.load.errors, phase.load.error_detail),
     };
     format!(
-        "| {} | {} | {:.0} | {versus_bare} | {} | {} | {} | {:.1} | {} {:.0}%{} | {errors} |\n",
+        "| {} | {} | {:.0} | {versus_bare} | {} | {} | {} | {:.1} | {} | {} {:.0}%{} | {errors} |\n",
         setup.label,
         phase.operation,
         phase.requests_per_second,
@@ -1203,10 +1229,24 @@ fn phase_row(setup: &SetupResult, phase: &PhaseResult, bare: Option<&PhaseResult
         latency(|l| l.p99_ms),
         latency(|l| l.p999_ms),
         phase.server_cpu_us_per_request,
+        cpu_by_kind(phase),
         phase.generator,
         phase.generator_cpu_percent,
         if phase.generator_bound() { " ⚠" } else { "" },
     )
+}
+
+/// The server CPU per request by kind of process, `master 20.1 · aux 10.2`, when
+/// the set-up has more than one kind.
+fn cpu_by_kind(phase: &PhaseResult) -> String {
+    if phase.server_cpu_us_per_request_by_kind.len() < 2 {
+        return "–".into();
+    }
+    let kinds = phase.server_cpu_us_per_request_by_kind.iter();
+    kinds
+        .map(|(kind, us)| format!("{kind} {us:.1}"))
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 /// The `## Throughput` section: command, how it was measured, results, targets.
@@ -1235,13 +1275,14 @@ pub fn render_section(report: &Report, plot: &Path) -> String {
          same request (POST for writes), in this run. **server CPU** is the user + \
          system time of every server process of the set-up (masters, aux nodes, nginx \
          and its workers; not the generator, nor the benchmark's own delay proxy), from \
-         `/proc/PID/stat` before and after the phase, per request. **generator CPU** is \
+         `/proc/PID/stat` before and after the phase, per request; **by kind** splits it \
+         between masters, aux nodes and nginx (all of a kind summed). **generator CPU** is \
          the generator's own CPU time over its run time, in % of one core: near 100% \
          per thread (⚠) means the generator, not the server, may be the limit.\n\n",
     );
     out.push_str(
-        "| set-up | request | req/s | × bare | p50 | p99 | p99.9 | server CPU µs/request | generator CPU | errors |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| set-up | request | req/s | × bare | p50 | p99 | p99.9 | server CPU µs/request | by kind | generator CPU | errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let bare = find(&report.setups, "bare");
     let mut skipped = Vec::new();
@@ -1387,6 +1428,10 @@ mod tests {
             requests_per_second: per_second,
             server_cpu_seconds: cpu_us * requests as f64 / 1e6,
             server_cpu_us_per_request: cpu_us,
+            server_cpu_us_per_request_by_kind: BTreeMap::from([
+                ("aux".to_owned(), cpu_us / 4.0),
+                ("master".to_owned(), cpu_us * 3.0 / 4.0),
+            ]),
             generator: "wrk",
             generator_threads: 1,
             generator_cpu_percent: 50.0,
@@ -1488,7 +1533,7 @@ mod tests {
         let section = render_section(&report, Path::new("docs/bench-throughput.png"));
         assert!(section.starts_with("## Throughput\n\ncommand: `shardcache bench --duration 2s`\n"));
         assert!(section.contains(
-            "| 3+2 | GET | 45000 | 0.45 | 0.67 ms | 2.00 ms | 4.00 ms | 20.0 | wrk 50% | 0 |"
+            "| 3+2 | GET | 45000 | 0.45 | 0.67 ms | 2.00 ms | 4.00 ms | 20.0 | aux 5.0 · master 15.0 | wrk 50% | 0 |"
         ));
         assert!(section.contains("| bare | POST | 80000 | 1.00 |"));
         assert!(section.contains("| 3+2 POST ≥ 0.30× bare POST | 0.25× | **no** |"));
@@ -1499,6 +1544,23 @@ mod tests {
         assert_eq!(charts[0].series.len(), 4);
         assert_eq!(charts[0].series[1].values, [Some(45_000.0), Some(20_000.0)]);
         assert_eq!(charts[1].series[1].values, [Some(2.0), Some(4.0)]);
+    }
+
+    #[test]
+    fn cpu_is_split_by_kind_of_process() {
+        let kinds: Vec<&str> = [
+            "master-0",
+            "aux-12",
+            "nginx (master and workers)",
+            "memcached",
+        ]
+        .into_iter()
+        .map(server_kind)
+        .collect();
+        assert_eq!(kinds, ["master", "aux", "nginx", "memcached"]);
+        let mut alone = phase("GET", 1000.0, 1.0, 10.0);
+        alone.server_cpu_us_per_request_by_kind = BTreeMap::from([("memcached".into(), 10.0)]);
+        assert_eq!(cpu_by_kind(&alone), "–");
     }
 
     #[test]
