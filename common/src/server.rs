@@ -1,8 +1,9 @@
-//! The HTTP/1.1 serve loop of the aux node's internal port, with the two limits
-//! `axum::serve` does not offer: a client must send a request's headers within
-//! [`ServerLimits::header_read_timeout`] (else its connection is closed), and at
-//! most [`ServerLimits::max_connections`] connections are served at once (a
-//! connection beyond that is closed as soon as it is accepted). Request bodies are
+//! The HTTP/1.1 serve loop of the aux node's internal port and the master's client
+//! port, with the two limits `axum::serve` does not offer: a client must send a
+//! request's headers within [`ServerLimits::header_read_timeout`] (else its
+//! connection is closed), and at most [`ServerLimits::max_connections`] connections
+//! are served at once (a connection beyond that is closed as soon as it is
+//! accepted). Request bodies are
 //! bounded by the routes' own limits (`crate::http_limits`).
 //!
 //! On `shutdown` it stops accepting and waits for the connections it serves to

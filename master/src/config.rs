@@ -134,6 +134,18 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_TOMBSTONE_TTL", default_value = "24h")]
     pub tombstone_ttl: HumanDuration,
 
+    /// Longest a client may take to send a request's headers before its connection
+    /// is closed (an idle keep-alive connection counts). Keep it above nginx's
+    /// upstream `keepalive_timeout` (60 s in the shipped `nginx.conf`), so that
+    /// nginx, not the master, closes idle connections.
+    #[arg(long, env = "SHARDCACHE_HEADER_READ_TIMEOUT", default_value = "75s")]
+    pub header_read_timeout: HumanDuration,
+
+    /// Most client connections served at once; one more is closed as soon as it is
+    /// accepted.
+    #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Threads that serve requests: 1 (the default) runs every task on one thread,
     /// the cheapest per request, with no wake-ups across threads; more uses that
     /// many; 0, one per core. To use more cores, run more nodes (masters are
@@ -203,6 +215,12 @@ impl MasterConfig {
         let quorum = usize::from(self.write_quorum());
         if quorum < k || quorum > k + m {
             return Err(format!("--write-quorum must be between {k} and {}", k + m));
+        }
+        if self.header_read_timeout.0.is_zero() {
+            return Err("--header-read-timeout must be more than 0".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
         }
         if self.shard_timeout.0 < Duration::from_millis(1) {
             return Err("--shard-timeout must be at least 1ms".into());

@@ -40,6 +40,7 @@ use shardcache_common::cluster_token::ClusterToken;
 use shardcache_common::codec::Codec;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
+use shardcache_common::server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -182,9 +183,13 @@ pub async fn run(
     let workers = CancellationToken::new();
     let prober = tokio::spawn(cluster.clone().run(workers.clone()));
     let repairer = tokio::spawn(state.repairer.clone().run(workers.clone()));
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.requested());
+    let limits = server::ServerLimits {
+        header_read_timeout: config.header_read_timeout.0,
+        max_connections: config.max_connections,
+    };
+    let server = server::serve(listener, app(state), limits, shutdown.requested());
     let served = tokio::select! {
-        result = server => result.context("serve client API"),
+        () = server => Ok(()),
         () = shutdown.drain_deadline() => {
             tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, exiting");
             Ok(())

@@ -3,7 +3,8 @@
 //! (no `100 Continue`), a body that never comes is given up on, and a well-formed
 //! frame claiming a geometry the cluster does not write is never served as a value.
 //! With a cluster token set, internal routes and the admin API refuse anyone
-//! without it.
+//! without it. Both the aux port and the master's client port cut off clients that
+//! never finish their headers and close connections over their cap.
 
 use std::time::{Duration, Instant};
 
@@ -120,23 +121,47 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off_and_connections_are_capped_on_the_aux_port() {
     let cluster = TestCluster::start_with(|spec| {
-        spec.aux_args.extend([
-            "--header-read-timeout".into(),
-            "1s".into(),
-            "--max-connections".into(),
-            "64".into(),
-        ]);
+        spec.aux_args.extend(tight_connection_limits());
     });
     let addr = cluster.cluster.aux[0].addr;
+    slow_headers_are_cut_off_and_excess_connections_closed(&cluster, addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_connections_are_capped_on_the_master_port() {
+    let cluster = TestCluster::start_with(|spec| {
+        spec.master_args.extend(tight_connection_limits());
+    });
+    let addr = cluster.cluster.masters[0].addr;
+    slow_headers_are_cut_off_and_excess_connections_closed(&cluster, addr).await;
+}
+
+/// A 1 s header timeout and a cap of 64 connections.
+fn tight_connection_limits() -> [String; 4] {
+    [
+        "--header-read-timeout".into(),
+        "1s".into(),
+        "--max-connections".into(),
+        "64".into(),
+    ]
+}
+
+/// With [`tight_connection_limits`] on the node at `addr`: a client that never
+/// finishes its headers is cut off within seconds, connections over the cap are
+/// closed, and the cluster still serves afterwards.
+async fn slow_headers_are_cut_off_and_excess_connections_closed(
+    cluster: &TestCluster,
+    addr: std::net::SocketAddr,
+) {
     let started = Instant::now();
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"GET /health HTTP/1.1\r\nHost: aux\r\n")
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: node\r\n")
         .await
         .unwrap();
     let mut buffer = [0u8; 256];
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buffer))
         .await
-        .expect("the aux node closed the slow connection");
+        .expect("the node closed the slow connection");
     assert!(
         matches!(read, Ok(0) | Err(_)) || String::from_utf8_lossy(&buffer).contains(" 408 "),
         "{read:?}: {}",
@@ -148,7 +173,7 @@ async fn slow_headers_are_cut_off_and_connections_are_capped_on_the_aux_port() {
         started.elapsed()
     );
 
-    // 80 idle connections against a cap of 64 (the master holds a few too).
+    // 80 idle connections against a cap of 64 (masters hold a few to aux nodes too).
     let mut idle = Vec::new();
     for _ in 0..80 {
         idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
