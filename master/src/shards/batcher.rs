@@ -14,8 +14,9 @@
 //! Each call gets its own answer: one frame refused or superseded does not touch
 //! the others of its batch.
 //!
-//! Bounds (invariant 5 and 6): a queue holds at most `queue` calls (a full one
-//! makes callers wait, it never grows), a batch at most `max_items` and `max_bytes`
+//! Bounds (invariant 5 and 6): a queue holds at most `queue` calls (a call that
+//! finds it full waits for room until its deadline, then times out unsent: the
+//! queue never grows), a batch at most `max_items` and `max_bytes`
 //! (a single larger item goes alone), and every call gives up after the client's
 //! timeout counted from when it was queued, so a hung node costs its callers one
 //! timeout however long its queue. A caller asking several nodes at once
@@ -199,9 +200,10 @@ impl<V> Reply<V> {
 }
 
 /// The answers to the calls of one [`Batcher::fan_out`], as they arrive, each
-/// with the position of its call. One deadline covers them all: once it passes,
-/// each call still unanswered yields a timeout. Dropping it stops the listening,
-/// not the calls already sent.
+/// with the position of its call, exactly once per call. One deadline covers them
+/// all: once it passes, each call still unanswered yields a timeout (and an answer
+/// arriving after that is dropped). Dropping it stops the listening, not the calls
+/// already sent.
 pub struct FanOut<V> {
     answers: mpsc::UnboundedReceiver<(usize, Result<V, AuxError>)>,
     /// Whether each call is still unanswered.
@@ -209,32 +211,54 @@ pub struct FanOut<V> {
     remaining: usize,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
+    /// Why the calls still unanswered will never be answered, once that is known.
+    given_up: Option<AuxError>,
 }
 
 impl<V> FanOut<V> {
     /// The next answer; `None` once every call has had one.
     pub async fn next(&mut self) -> Option<(usize, Result<V, AuxError>)> {
-        if self.remaining == 0 {
-            return None;
-        }
-        let arrived = tokio::select! {
-            biased;
-            answer = self.answers.recv() => answer,
-            () = &mut self.deadline => None,
-        };
-        let (index, answer) = match arrived {
-            Some((index, answer)) => (index, answer),
-            // The deadline passed (or, never expected, every sender went away
-            // unanswered): the calls left have timed out.
-            None => {
-                let index = self.unanswered.iter().position(|&waiting| waiting)?;
-                (index, Err(AuxError::Timeout(self.timeout)))
+        while self.remaining > 0 {
+            if self.given_up.is_none() {
+                tokio::select! {
+                    biased;
+                    answer = self.answers.recv() => match answer {
+                        Some((index, answer)) => {
+                            if self.take(index) {
+                                return Some((index, answer));
+                            }
+                            continue; // late: that call already timed out
+                        }
+                        // Every call left was dropped unanswered (a batch task
+                        // that died, a runtime shutting down).
+                        None => {
+                            self.given_up = Some(AuxError::Transport(
+                                "the batch was dropped unanswered".into(),
+                            ));
+                        }
+                    },
+                    () = &mut self.deadline => {
+                        self.given_up = Some(AuxError::Timeout(self.timeout));
+                    }
+                }
             }
-        };
-        if std::mem::replace(&mut self.unanswered[index], false) {
+            let index = self.unanswered.iter().position(|&waiting| waiting)?;
+            self.take(index);
+            return Some((index, Err(self.given_up.clone()?)));
+        }
+        None
+    }
+
+    /// Marks call `index` answered; false if it already was.
+    fn take(&mut self, index: usize) -> bool {
+        let waiting = self
+            .unanswered
+            .get_mut(index)
+            .is_some_and(|waiting| std::mem::replace(waiting, false));
+        if waiting {
             self.remaining -= 1;
         }
-        Some((index, answer))
+        waiting
     }
 }
 
@@ -291,11 +315,15 @@ impl<K: BatchKind> Batcher<K> {
             remaining: calls_made,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             timeout,
+            given_up: None,
         }
     }
 
     /// Queues `call` for `address` at once when there is room, else from a task of
-    /// its own that waits for room.
+    /// its own that waits for room until the call's deadline (the client's timeout
+    /// from queueing), then answers it with a timeout: as with [`Batcher::call`], a
+    /// call that never got into the queue is never sent, so a slow node's backlog
+    /// stays within its queue.
     fn enqueue(&self, address: &str, call: Queued<K>) {
         let call = match self.queue(address).try_send(call) {
             Ok(()) => return,
@@ -304,11 +332,15 @@ impl<K: BatchKind> Batcher<K> {
             Err(mpsc::error::TrySendError::Closed(call)) => call,
         };
         let queue = self.queue(address);
+        let timeout = self.client.timeout();
+        let patience = timeout.saturating_sub(call.queued_at.elapsed());
         tokio::spawn(async move {
-            if let Err(mpsc::error::SendError(call)) = queue.send(call).await {
-                call.reply.send(Err(AuxError::Transport(
+            match tokio::time::timeout(patience, queue.reserve()).await {
+                Ok(Ok(room)) => room.send(call),
+                Ok(Err(_)) => call.reply.send(Err(AuxError::Transport(
                     "the shard batcher has stopped".into(),
-                )));
+                ))),
+                Err(_) => call.reply.send(Err(AuxError::Timeout(timeout))),
             }
         });
     }
@@ -528,5 +560,119 @@ mod tests {
             "each call answered once: the hung node's by the deadline, the refusing one's at once"
         );
         assert!(calls.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fan_out_answers_each_call_once_even_when_answers_come_after_the_deadline() {
+        let (sender, answers) = mpsc::unbounded_channel();
+        let timeout = Duration::from_secs(1);
+        let mut calls = FanOut::<u32> {
+            answers,
+            unanswered: vec![true; 3],
+            remaining: 3,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            given_up: None,
+        };
+        sender.send((2, Ok(7))).unwrap();
+        assert!(matches!(calls.next().await, Some((2, Ok(7)))));
+        tokio::time::sleep(timeout * 2).await;
+        assert!(matches!(
+            calls.next().await,
+            Some((0, Err(AuxError::Timeout(_))))
+        ));
+        // Answers arriving after the deadline, one for a call already timed out.
+        sender.send((0, Ok(8))).unwrap();
+        sender.send((1, Ok(9))).unwrap();
+        assert!(matches!(
+            calls.next().await,
+            Some((1, Err(AuxError::Timeout(_))))
+        ));
+        assert!(calls.next().await.is_none());
+        assert!(calls.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fan_out_whose_calls_were_dropped_unanswered_says_so_at_once() {
+        let (sender, answers) = mpsc::unbounded_channel::<(usize, Result<u32, AuxError>)>();
+        let mut calls = FanOut::<u32> {
+            answers,
+            unanswered: vec![true; 2],
+            remaining: 2,
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
+            timeout: Duration::from_secs(60),
+            given_up: None,
+        };
+        drop(sender);
+        let started = tokio::time::Instant::now();
+        for index in 0..2 {
+            let answer = calls.next().await;
+            assert!(
+                matches!(&answer, Some((at, Err(AuxError::Transport(_)))) if *at == index),
+                "{answer:?}"
+            );
+        }
+        assert!(calls.next().await.is_none());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn calls_that_find_a_full_queue_give_up_at_their_deadline_and_are_never_sent() {
+        // A node that reads requests and never answers; it counts the batches sent.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = Node {
+            id: "hung".into(),
+            address: listener.local_addr().unwrap().to_string().into(),
+        };
+        let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = batches.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 1 << 16];
+                    while let Ok(read) =
+                        tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await
+                    {
+                        if read == 0 {
+                            break;
+                        }
+                        let requests = buffer[..read]
+                            .windows(18)
+                            .filter(|at| at == b"POST /v1/multi-put")
+                            .count();
+                        counted.fetch_add(requests, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        let timeout = Duration::from_millis(100);
+        // One call per batch, one batch at a time, one call waiting in the queue.
+        let settings = BatchSettings {
+            max_items: 1,
+            max_bytes: 1 << 20,
+            in_flight: 1,
+            queue: 1,
+        };
+        let batcher = Batcher::<Writes>::new(
+            AuxClient::new(timeout, 1 << 20),
+            settings,
+            Arc::new(MasterMetrics::new()),
+        );
+        let mut calls = batcher.fan_out((0..10).map(|_| (&node, Bytes::from_static(b"frame"))));
+        let mut answered = 0;
+        while let Some((_, answer)) = calls.next().await {
+            assert!(answer.is_err(), "{answer:?}");
+            answered += 1;
+        }
+        assert_eq!(answered, 10);
+        // Ten deadlines later, only the calls that made it into the queue went out:
+        // the rest gave up rather than waiting on for room.
+        tokio::time::sleep(timeout * 10).await;
+        let sent = batches.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=4).contains(&sent),
+            "{sent} batches sent for a hung node"
+        );
     }
 }
