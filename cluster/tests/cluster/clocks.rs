@@ -79,7 +79,10 @@ async fn measured_clock(cluster: &TestCluster, index: usize, lead_ms: i64) -> Va
     wait_until(
         "the master measures its clock",
         Duration::from_secs(20),
-        || async { near(&cluster.cluster_view(index).await["clock"]) },
+        || async {
+            let view = cluster.try_cluster_view(index).await;
+            view.is_some_and(|view| near(&view["clock"]))
+        },
     )
     .await;
     cluster.cluster_view(index).await["clock"].clone()

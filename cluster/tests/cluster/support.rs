@@ -114,6 +114,22 @@ impl TestCluster {
         response.json().await.expect("cluster JSON")
     }
 
+    /// `GET /cluster` of master `index`, or `None` if it could not be had: for
+    /// waiting on a master just restarted, whose old pooled connection may still
+    /// be in the client's pool.
+    pub async fn try_cluster_view(&self, index: usize) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}/cluster", self.cluster.master_url(index)))
+            .send()
+            .await
+            .ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
     /// The state (`up`, `suspect`, `down`) master `index` gives aux node `aux`.
     pub async fn node_state(&self, master: usize, aux: usize) -> Option<String> {
         let view = self.cluster_view(master).await;
