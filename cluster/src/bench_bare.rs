@@ -5,8 +5,9 @@
 //! It answers `POST /data`, `GET /data/{key}` and `DELETE /data/{key}` with the
 //! master's own request checks, response shapes and error type (`master::api`),
 //! parses requests with the master's extractors, and runs on the same stack: axum on
-//! the nodes' default single-threaded Tokio runtime (`--worker-threads 1`), mimalloc, the master's request deadline and its
-//! default limits, `listening on ADDR` on stdout, `--stop-with-parent`.
+//! the nodes' default single-threaded Tokio runtime (`--worker-threads 1`), the
+//! master's serve loop (`common::server`), mimalloc, the master's request deadline
+//! and its default limits, `listening on ADDR` on stdout, `--stop-with-parent`.
 //! What it leaves out is what makes shardcache shardcache — no erasure coding, no
 //! aux nodes, no metrics, no expiry (a `ttl` is accepted and ignored) — so the
 //! ratio of shardcache's throughput to this one is what that costs on this machine.
@@ -16,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::middleware;
 use axum::response::Response;
@@ -25,6 +25,7 @@ use axum::Router;
 use clap::Parser;
 use shardcache_common::http_limits;
 use shardcache_common::runtime::{self, Shutdown};
+use shardcache_common::server;
 use shardcache_common::version::{HybridClock, Version};
 use shardcache_master::api::{self, Limits, SetRequest, REQUEST_DEADLINE};
 use shardcache_master::config::MasterConfig;
@@ -62,11 +63,23 @@ async fn serve(args: BenchBareArgs) -> anyhow::Result<()> {
         runtime::shutdown_signal(args.stop_with_parent),
         DRAIN_TIMEOUT,
     );
-    let server = axum::serve(listener, app()).with_graceful_shutdown(shutdown.requested());
+    // The master's serve loop and its default connection limits.
+    let defaults = master_defaults();
+    let limits = server::ServerLimits {
+        header_read_timeout: defaults.header_read_timeout.0,
+        max_connections: defaults.max_connections,
+    };
     tokio::select! {
-        result = server => result.context("serve"),
-        () = shutdown.drain_deadline() => Ok(()),
+        () = server::serve(listener, app(), limits, shutdown.requested()) => {}
+        () = shutdown.drain_deadline() => {}
     }
+    Ok(())
+}
+
+/// The master's defaults, from its own flag definitions (it needs some aux node).
+fn master_defaults() -> MasterConfig {
+    MasterConfig::try_parse_from(["shardcache-master", "--aux", "unused:1"])
+        .expect("the master's defaults parse")
 }
 
 /// Values by key, each with its version, and the master's default input limits.
@@ -80,9 +93,7 @@ type Shared = Arc<Store>;
 
 /// The bare server's router: the master's data routes and layers, minus metrics.
 pub fn app() -> Router {
-    // The master's defaults, from its own flag definitions (it needs some aux node).
-    let defaults = MasterConfig::try_parse_from(["shardcache-master", "--aux", "unused:1"])
-        .expect("the master's defaults parse");
+    let defaults = master_defaults();
     let limits = Limits::from_config(&defaults);
     let store = Arc::new(Store {
         values: Mutex::new(HashMap::new()),
