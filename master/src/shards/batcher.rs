@@ -3,14 +3,14 @@
 //! multi-get (or multi-put) request (`shardcache_common::multi_get`, `multi_put`).
 //! [`BatchKind`] says what is batched; [`Reads`] and [`Writes`] are the two kinds.
 //!
-//! There is no timer and no waiting for a batch to fill. A dispatcher sends the
-//! first call as soon as a request slot is free and the tasks already runnable
-//! have had their turn (one `yield_now`: requests that arrived together queue
-//! their calls first); while all of the node's `in_flight` slots are busy, further
-//! calls queue, and the next free slot takes up to `max_items` of them (and
-//! `max_bytes` of what they carry) at once. A lone
-//! call therefore costs what a single request did, and under load a hop's fixed
-//! cost (HTTP parsing, routing, syscalls on both sides) is shared by the batch.
+//! There is no batching timer and no waiting for a batch to fill. A dispatcher
+//! sends the first call as soon as a request slot is free and the tasks already
+//! runnable have had their turn (one `yield_now`: requests that arrived together
+//! queue their calls first); while all of the node's `in_flight` slots are busy,
+//! further calls queue, and the next free slot takes up to `max_items` of them
+//! (and `max_bytes` of what they carry) at once. A lone call therefore costs what
+//! a single request did, and under load a hop's fixed cost (HTTP parsing,
+//! routing, syscalls on both sides) is shared by the batch.
 //! Each call gets its own answer: one frame refused or superseded does not touch
 //! the others of its batch.
 //!
