@@ -14,7 +14,9 @@ use shardcache_common::version::Version;
 use shardcache_common::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::TestCluster;
+use serde_json::Value;
+
+use crate::support::{wait_until, TestCluster};
 
 /// Sends `head` to aux node 0 and returns its first response line, and how long it
 /// took; a response that does not come within `patience` fails the test.
@@ -69,7 +71,11 @@ async fn oversized_and_stalled_bodies_are_refused_promptly_on_the_aux_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_frame_claiming_another_geometry_is_never_served() {
-    let cluster = TestCluster::start();
+    // Repair passes every second, to show that repair does not act on it either.
+    let cluster = TestCluster::start_with(|spec| {
+        spec.master_args
+            .extend(["--repair-interval".into(), "1s".into()]);
+    });
     let key = "forged";
     assert_eq!(cluster.set(key, "the real value").await.0, 200);
     cluster.wait_for_aux_items(5).await;
@@ -113,6 +119,21 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
             "a frame of a geometry the master does not write was served"
         );
     }
+    // Nor does repair take it for the key's newest version: it neither copies it
+    // nor deletes the real shards as strays of it.
+    let passes = |view: Value| view["repair"]["passes"].as_u64().unwrap_or(0);
+    let before = passes(cluster.cluster_view(0).await);
+    wait_until(
+        "two more repair passes",
+        Duration::from_secs(30),
+        || async { passes(cluster.cluster_view(0).await) >= before + 2 },
+    )
+    .await;
+    assert_eq!(
+        cluster.value(key).await.as_deref(),
+        Some("the real value"),
+        "repair acted on a frame of a geometry the master does not write"
+    );
 }
 
 /// Headers sent slowly (or never finished) cost a connection for at most

@@ -35,6 +35,25 @@ impl Apply<'_> {
             keys_scanned: 1,
             ..PassCounts::default()
         };
+        // Only shards of the geometry this master writes count, as for reads. A
+        // frame claiming another (forged, or from a master configured with another
+        // k and m) is neither copied nor taken for the key's newest version: that
+        // would make the real shards strays of it, and delete them.
+        let own = Geometry::of(self.codec);
+        holdings.retain(|(node, entry)| {
+            let ours =
+                (entry.data_shards, entry.parity_shards) == (own.data_shards, own.parity_shards);
+            if !ours {
+                tracing::warn!(
+                    key,
+                    node = %node.id,
+                    k = entry.data_shards,
+                    m = entry.parity_shards,
+                    "repair ignores a shard of a geometry this master does not write"
+                );
+            }
+            ours
+        });
         // At most one abandoned version per round; a key has few versions.
         let (newest, placements, strays) = loop {
             match plan::plan(&holdings, |total| view.owners(key, total), self.abandon) {

@@ -76,7 +76,7 @@ pub struct RepairSettings {
 pub struct Repairer {
     cluster: Arc<Cluster>,
     shards: ShardClient,
-    /// The cluster's geometry; shards of another decode with a codec of their own.
+    /// The cluster's geometry; repair ignores shards of any other.
     codec: Arc<Codec>,
     settings: RepairSettings,
     holder: String,

@@ -95,8 +95,10 @@ impl Abandon {
 
 /// The plan for a key held as `holdings` (every node's entry for it, from the
 /// inventories) and owned by `owners` (its first `k + m` nodes, in rank order).
-/// `owners_for` gives the owners for a geometry's shard count (the newest version
-/// may have been written under another `k`/`m`).
+/// `owners_for` gives the owners for the newest version's shard count. The caller
+/// passes only holdings of the cluster's own geometry (`Apply::repair_key`): one
+/// claiming another would otherwise decide the owners, and the real shards would
+/// be strays.
 pub fn plan(
     holdings: &[Holding],
     owners_for: impl FnOnce(usize) -> Vec<Node>,
