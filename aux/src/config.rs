@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use shardcache_common::cluster_token::ClusterTokenArgs;
+use shardcache_common::runtime::RuntimeArgs;
+use shardcache_common::server::ServerLimits;
 use shardcache_common::units::{ByteSize, HumanDuration};
 
 /// The store addresses 65,535 segments of at most 1 MiB.
@@ -59,12 +62,8 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
-    /// Threads that serve requests: 1 (the default) runs every task on one thread,
-    /// the cheapest per request, with no wake-ups across threads; more uses that
-    /// many; 0, one per core. To use more cores, run more nodes (masters are
-    /// stateless behind nginx) or raise this.
-    #[arg(long, env = "SHARDCACHE_WORKER_THREADS", default_value_t = 1)]
-    pub worker_threads: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// Shards whose version is stamped further than this ahead of this node's
     /// clock are refused (400): the writing master's clock is off, and its versions
@@ -73,14 +72,8 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
     pub max_clock_skew: HumanDuration,
 
-    /// A shared secret masters must present (`Authorization: Bearer …`) on every
-    /// internal route; `/health` and `/metrics` stay open. Unset or empty: none.
-    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: Option<String>,
-
-    /// Read the cluster token from this file instead (a mounted secret).
-    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN_FILE")]
-    pub cluster_token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub cluster_token: ClusterTokenArgs,
 
     /// How often expired shards are swept out of memory.
     #[arg(long, env = "SHARDCACHE_SWEEP_INTERVAL", default_value = "1s")]
@@ -93,6 +86,14 @@ pub struct AuxConfig {
 }
 
 impl AuxConfig {
+    /// The serve loop's limits from `--header-read-timeout` and `--max-connections`.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.header_read_timeout.0,
+            max_connections: self.max_connections,
+        }
+    }
+
     /// Checks what clap cannot, with a message that names the flag.
     pub fn validate(&self) -> Result<(), String> {
         if self.capacity.bytes() < 4096 {
@@ -110,12 +111,7 @@ impl AuxConfig {
         if let Some(id) = &self.node_id {
             crate::identity::validate(id).map_err(|problem| format!("--node-id: {problem}"))?;
         }
-        if self.header_read_timeout.0.is_zero() {
-            return Err("--header-read-timeout must be greater than zero".into());
-        }
-        if self.max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
-        }
+        self.server_limits().check()?;
         if self.sweep_interval.0.is_zero() {
             return Err("--sweep-interval must be greater than zero".into());
         }

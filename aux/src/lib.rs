@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shardcache_common::cluster_token::ClusterToken;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
 use shardcache_common::server;
@@ -82,11 +81,7 @@ pub async fn run(
         store: store.clone(),
         max_frame_bytes: config.max_frame_bytes(),
         max_clock_skew_ms: config.max_clock_skew.0.as_millis() as u64,
-        cluster_token: ClusterToken::from_flags(
-            config.cluster_token.as_deref(),
-            config.cluster_token_file.as_deref(),
-        )
-        .map_err(anyhow::Error::msg)?,
+        cluster_token: config.cluster_token.load().map_err(anyhow::Error::msg)?,
         node_id: node_id.as_str().into(),
         instance: rand::random(),
         leases: Arc::default(),
@@ -109,10 +104,7 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         "aux node serving"
     );
-    let limits = server::ServerLimits {
-        header_read_timeout: config.header_read_timeout.0,
-        max_connections: config.max_connections,
-    };
+    let limits = config.server_limits();
     let serving = server::serve(listener, app(state), limits, shutdown.requested());
     tokio::select! {
         () = serving => {}

@@ -10,8 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let config = shardcache_aux::AuxConfig::parse();
     shardcache_common::runtime::init_logging();
-    shardcache_common::runtime::exit_on_error(shardcache_common::runtime::block_on_with_workers(
-        config.worker_threads,
-        shardcache_aux::serve(config),
-    ));
+    shardcache_common::runtime::exit_on_error(
+        config.runtime.block_on(shardcache_aux::serve(config)),
+    );
 }

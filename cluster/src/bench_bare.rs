@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
 use shardcache_common::http_limits;
-use shardcache_common::runtime::{self, Shutdown};
+use shardcache_common::runtime::{self, RuntimeArgs, Shutdown};
 use shardcache_common::server;
 use shardcache_common::version::{HybridClock, Version};
 use shardcache_master::api::{self, Limits, SetRequest, REQUEST_DEADLINE};
@@ -44,15 +44,15 @@ pub struct BenchBareArgs {
     /// Exit when standard input closes (set by the benchmark).
     #[arg(long, hide = true)]
     pub stop_with_parent: bool,
-    /// Threads serving requests, as the nodes' `--worker-threads` (0: one per core).
-    #[arg(long, default_value_t = 1)]
-    pub worker_threads: usize,
+    /// The same runtime as the nodes'.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Binds, prints `listening on ADDR` and serves until Ctrl-C, SIGTERM or, with
 /// `--stop-with-parent`, the end of standard input.
 pub fn bench_bare(args: BenchBareArgs) -> anyhow::Result<()> {
-    runtime::block_on_with_workers(args.worker_threads, serve(args))
+    args.runtime.block_on(serve(args))
 }
 
 async fn serve(args: BenchBareArgs) -> anyhow::Result<()> {
@@ -64,11 +64,7 @@ async fn serve(args: BenchBareArgs) -> anyhow::Result<()> {
         DRAIN_TIMEOUT,
     );
     // The master's serve loop and its default connection limits.
-    let defaults = master_defaults();
-    let limits = server::ServerLimits {
-        header_read_timeout: defaults.header_read_timeout.0,
-        max_connections: defaults.max_connections,
-    };
+    let limits = master_defaults().server_limits();
     tokio::select! {
         () = server::serve(listener, app(), limits, shutdown.requested()) => {}
         () = shutdown.drain_deadline() => {}

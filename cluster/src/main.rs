@@ -43,14 +43,8 @@ fn main() {
         Command::BenchBare(args) => shardcache::bench_bare::bench_bare(args),
         Command::BenchRepair(args) => shardcache::repair_bench::bench_repair(args),
         Command::BenchMemory(args) => shardcache::bench_memory::bench_memory(args),
-        Command::Master(config) => shardcache_common::runtime::block_on_with_workers(
-            config.worker_threads,
-            shardcache_master::serve(config),
-        ),
-        Command::Aux(config) => shardcache_common::runtime::block_on_with_workers(
-            config.worker_threads,
-            shardcache_aux::serve(config),
-        ),
+        Command::Master(config) => config.runtime.block_on(shardcache_master::serve(config)),
+        Command::Aux(config) => config.runtime.block_on(shardcache_aux::serve(config)),
     };
     shardcache_common::runtime::exit_on_error(result);
 }

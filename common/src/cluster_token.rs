@@ -19,6 +19,32 @@ use axum::Json;
 #[derive(Clone, Debug, Default)]
 pub struct ClusterToken(Option<Arc<str>>);
 
+/// `--cluster-token` and `--cluster-token-file`, the same flags on masters and aux
+/// nodes (flattened into both configurations).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClusterTokenArgs {
+    /// A shared secret of masters and aux nodes: masters present it
+    /// (`Authorization: Bearer …`) on every call to an aux node, and aux nodes'
+    /// internal routes and masters' admin API (`/cluster…`) require it; `/data`,
+    /// `/health`, `/ready` and `/metrics` stay open. Unset or empty: none.
+    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+
+    /// Read the cluster token from this file instead (a mounted secret).
+    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<std::path::PathBuf>,
+}
+
+impl ClusterTokenArgs {
+    /// The token these flags give (see [`ClusterToken::from_flags`]).
+    pub fn load(&self) -> Result<ClusterToken, String> {
+        ClusterToken::from_flags(
+            self.cluster_token.as_deref(),
+            self.cluster_token_file.as_deref(),
+        )
+    }
+}
+
 impl ClusterToken {
     pub fn new(token: Option<&str>) -> Self {
         ClusterToken(token.filter(|token| !token.is_empty()).map(Arc::from))

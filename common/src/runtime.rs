@@ -110,6 +110,25 @@ pub async fn shutdown_signal(stop_with_parent: bool) {
     }
 }
 
+/// `--worker-threads`, the same flag on masters and aux nodes (flattened into both
+/// configurations).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct RuntimeArgs {
+    /// Threads that serve requests: 1 (the default) runs every task on one thread,
+    /// the cheapest per request, with no wake-ups across threads; more uses that
+    /// many; 0, one per core. To use more cores, run more nodes (masters are
+    /// stateless behind nginx) or raise this.
+    #[arg(long, env = "SHARDCACHE_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+}
+
+impl RuntimeArgs {
+    /// Runs `future` to completion on the runtime these flags ask for.
+    pub fn block_on<F: std::future::Future>(self, future: F) -> F::Output {
+        block_on_with_workers(self.worker_threads, future)
+    }
+}
+
 /// Runs `future` to completion on a fresh multi-threaded Tokio runtime with a
 /// worker per core (see [`block_on_with_workers`]).
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {

@@ -29,6 +29,20 @@ pub struct ServerLimits {
     pub max_connections: usize,
 }
 
+impl ServerLimits {
+    /// Why these limits cannot be served with, if they cannot (the flags'
+    /// names: `--header-read-timeout`, `--max-connections`).
+    pub fn check(&self) -> Result<(), String> {
+        if self.header_read_timeout.is_zero() {
+            return Err("--header-read-timeout must be greater than zero".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,

@@ -3,7 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shardcache_common::cluster_token::ClusterTokenArgs;
 use shardcache_common::frame::MAX_KEY_BYTES;
+use shardcache_common::runtime::RuntimeArgs;
+use shardcache_common::server::ServerLimits;
 use shardcache_common::units::{ByteSize, HumanDuration};
 use shardcache_common::{multi_get, multi_put};
 
@@ -146,12 +149,8 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
-    /// Threads that serve requests: 1 (the default) runs every task on one thread,
-    /// the cheapest per request, with no wake-ups across threads; more uses that
-    /// many; 0, one per core. To use more cores, run more nodes (masters are
-    /// stateless behind nginx) or raise this.
-    #[arg(long, env = "SHARDCACHE_WORKER_THREADS", default_value_t = 1)]
-    pub worker_threads: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// How far this master's clock may be from the aux nodes' (measured by the
     /// health probes) before it refuses writes with a 503 and reports `degraded`.
@@ -162,15 +161,8 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
     pub max_clock_skew: HumanDuration,
 
-    /// A shared secret sent to the aux nodes (which require it when given the same
-    /// `--cluster-token`) and required on this master's admin API (`/cluster…`) as
-    /// `Authorization: Bearer …`. Unset or empty: none.
-    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: Option<String>,
-
-    /// Read the cluster token from this file instead (a mounted secret).
-    #[arg(long, env = "SHARDCACHE_CLUSTER_TOKEN_FILE")]
-    pub cluster_token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub cluster_token: ClusterTokenArgs,
 
     /// Repair without taking the lease (tests only: proves that concurrent repairs
     /// are harmless).
@@ -187,6 +179,14 @@ pub struct MasterConfig {
 pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 impl MasterConfig {
+    /// The serve loop's limits from `--header-read-timeout` and `--max-connections`.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: self.header_read_timeout.0,
+            max_connections: self.max_connections,
+        }
+    }
+
     /// Checks what clap cannot, with a message that names the flag.
     pub fn validate(&self) -> Result<(), String> {
         let (k, m) = (
@@ -216,12 +216,7 @@ impl MasterConfig {
         if quorum < k || quorum > k + m {
             return Err(format!("--write-quorum must be between {k} and {}", k + m));
         }
-        if self.header_read_timeout.0.is_zero() {
-            return Err("--header-read-timeout must be more than 0".into());
-        }
-        if self.max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
-        }
+        self.server_limits().check()?;
         if self.shard_timeout.0 < Duration::from_millis(1) {
             return Err("--shard-timeout must be at least 1ms".into());
         }

@@ -36,7 +36,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shardcache_common::aux_client::AuxClient;
-use shardcache_common::cluster_token::ClusterToken;
 use shardcache_common::codec::Codec;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
@@ -78,11 +77,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     // A shard response is one frame: at most a shard of the largest value plus header.
     let max_shard_bytes =
         config.max_value_size.bytes() as usize / usize::from(config.data_shards) + (1 << 20);
-    let token = ClusterToken::from_flags(
-        config.cluster_token.as_deref(),
-        config.cluster_token_file.as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let token = config.cluster_token.load().map_err(anyhow::Error::msg)?;
     let client = AuxClient::new(config.shard_timeout.0, max_shard_bytes).with_token(&token);
     let total_shards = usize::from(config.data_shards) + usize::from(config.parity_shards);
     let settings = ClusterSettings {
@@ -183,10 +178,7 @@ pub async fn run(
     let workers = CancellationToken::new();
     let prober = tokio::spawn(cluster.clone().run(workers.clone()));
     let repairer = tokio::spawn(state.repairer.clone().run(workers.clone()));
-    let limits = server::ServerLimits {
-        header_read_timeout: config.header_read_timeout.0,
-        max_connections: config.max_connections,
-    };
+    let limits = config.server_limits();
     let server = server::serve(listener, app(state), limits, shutdown.requested());
     let served = tokio::select! {
         () = server => Ok(()),
