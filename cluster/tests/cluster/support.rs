@@ -131,8 +131,9 @@ impl TestCluster {
     }
 
     /// The state (`up`, `suspect`, `down`) master `index` gives aux node `aux`.
+    /// `None` too while the master cannot be asked (just restarted, say).
     pub async fn node_state(&self, master: usize, aux: usize) -> Option<String> {
-        let view = self.cluster_view(master).await;
+        let view = self.try_cluster_view(master).await?;
         let id = &self.cluster.aux[aux].name;
         view["nodes"]
             .as_array()?

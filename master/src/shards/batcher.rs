@@ -321,9 +321,8 @@ impl<K: BatchKind> Batcher<K> {
 
     /// Queues `call` for `address` at once when there is room, else from a task of
     /// its own that waits for room until the call's deadline (the client's timeout
-    /// from queueing), then answers it with a timeout: as with [`Batcher::call`], a
-    /// call that never got into the queue is never sent, so a slow node's backlog
-    /// stays within its queue.
+    /// from queueing), then answers it with a timeout: a call that never got into
+    /// the queue is never sent, so a slow node's backlog stays within its queue.
     fn enqueue(&self, address: &str, call: Queued<K>) {
         let call = match self.queue(address).try_send(call) {
             Ok(()) => return,
@@ -349,35 +348,21 @@ impl<K: BatchKind> Batcher<K> {
     pub async fn call(&self, node: &Node, item: K::Item) -> Result<K::Value, AuxError> {
         let timeout = self.client.timeout();
         let (reply, answer) = oneshot::channel();
-        let mut queued = Queued::<K> {
+        let queued = Queued::<K> {
             item,
             node_id: node.id.clone(),
             queued_at: Instant::now(),
             reply: Reply::Alone(reply),
         };
-        let exchange = async {
-            // A dispatcher may end idle between taking its queue and sending to it:
-            // then the call goes to a fresh one.
-            let mut sent = false;
-            for _ in 0..2 {
-                match self.queue(&node.address).send(queued).await {
-                    Ok(()) => {
-                        sent = true;
-                        break;
-                    }
-                    Err(mpsc::error::SendError(back)) => queued = back,
-                }
-            }
-            if !sent {
-                return Err(AuxError::Transport("the shard batcher has stopped".into()));
-            }
+        self.enqueue(&node.address, queued);
+        let answer = async {
             answer.await.unwrap_or_else(|_| {
                 Err(AuxError::Transport(
                     "the batch was dropped unanswered".into(),
                 ))
             })
         };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(timeout, answer)
             .await
             .unwrap_or(Err(AuxError::Timeout(timeout)))
     }

@@ -99,14 +99,9 @@ impl ShardClient {
     pub fn put_all(&self, puts: Vec<(Node, Bytes)>) -> Answers<PutOutcome> {
         match &self.writes {
             Some(writes) => {
-                let nodes: Vec<Node> = puts.iter().map(|(node, _)| node.clone()).collect();
+                let (nodes, frames): (Vec<Node>, Vec<Bytes>) = puts.into_iter().unzip();
                 Answers::Batched {
-                    calls: writes.fan_out(
-                        nodes
-                            .iter()
-                            .zip(puts)
-                            .map(|(node, (_, frame))| (node, frame)),
-                    ),
+                    calls: writes.fan_out(nodes.iter().zip(frames)),
                     nodes,
                 }
             }
@@ -182,7 +177,7 @@ impl<V> Answers<V> {
 /// each finishes. The tasks outlive the receiver: a caller that stops listening once
 /// it has enough answers leaves the rest to complete (their shards still land, and
 /// their pooled connections stay open).
-pub fn fan_out<L, T, Fut>(calls: impl Iterator<Item = (L, Fut)>) -> mpsc::Receiver<(L, T)>
+fn fan_out<L, T, Fut>(calls: impl Iterator<Item = (L, Fut)>) -> mpsc::Receiver<(L, T)>
 where
     L: Send + 'static,
     T: Send + 'static,

@@ -14,4 +14,4 @@ pub mod client;
 pub mod frames;
 
 pub use batcher::{BatchSettings, ShardRead};
-pub use client::{fan_out, Answers, ShardClient};
+pub use client::{Answers, ShardClient};
