@@ -45,7 +45,7 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_CAPACITY", default_value = "256MiB")]
     pub capacity: ByteSize,
 
-    /// Largest request body accepted: one shard frame, or one multi-get request.
+    /// Largest request body accepted: one shard frame, multi-get or multi-put.
     /// Larger ones are refused with 413 before they are read. Must be at least the
     /// masters' --max-value-size / k, plus 64KiB for the frame and key.
     #[arg(long, env = "SHARDCACHE_MAX_REQUEST_SIZE", default_value = "16MiB")]

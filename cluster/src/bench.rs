@@ -12,7 +12,7 @@
 //! number of keep-alive connections for a fixed time per phase: GETs of random
 //! preloaded keys, then POSTs (SETs) of random keys. Before and after, a sample of
 //! keys is read back and checked byte for byte, so that no phase can measure fast
-//! misses; every non-2xx response counts as an error.
+//! misses; every response with a status of 400 or more counts as an error.
 //!
 //! For every phase it reports requests per second, the ratio to the bare server,
 //! p50/p99/p99.9 latency, the CPU time all server processes of the set-up (masters,
@@ -1270,8 +1270,8 @@ pub fn render_section(report: &Report, plot: &Path) -> String {
          separate process on the same machine (`wrk` with `cluster/bench/wrk-data-api.lua` \
          for the HTTP set-ups, `redis-benchmark` and `memaslap` for the references). \
          GET reads random preloaded keys; POST (SET) writes random keys. Before and \
-         after, sampled keys are read back and compared byte for byte; every non-2xx \
-         response is an error. **× bare** is throughput over the bare server's for the \
+         after, sampled keys are read back and compared byte for byte; every response \
+         of status 400 or more is an error. **× bare** is throughput over the bare server's for the \
          same request (POST for writes), in this run. **server CPU** is the user + \
          system time of every server process of the set-up (masters, aux nodes, nginx \
          and its workers; not the generator, nor the benchmark's own delay proxy), from \

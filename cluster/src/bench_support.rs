@@ -134,7 +134,6 @@ pub fn replace_or_insert_section(
     }
 }
 
-/// Writes `text` to `path`, creating its directory.
 /// Replaces (or inserts, before the section headed `before`) the section headed
 /// `heading` of the markdown file at `path` with `section`; a missing file is
 /// created.
@@ -155,6 +154,7 @@ pub fn write_section(
     )
 }
 
+/// Writes `text` to `path`, creating its directory.
 pub fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(parent) = path
         .parent()

@@ -41,7 +41,7 @@ pub struct Latency {
 pub struct LoadResult {
     /// Requests measured (completed, errors included).
     pub requests: u64,
-    /// Requests that failed: connection errors, timeouts, non-2xx responses, misses.
+    /// Requests that failed: connection errors, timeouts, responses of status 400 or more, misses.
     pub errors: u64,
     /// What the errors were, e.g. `status 12, timeout 3` (empty when none).
     pub error_detail: String,
