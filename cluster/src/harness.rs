@@ -215,8 +215,10 @@ fn forward_stdout(stdout: impl Read + Send + 'static, mut log: File) -> mpsc::Re
                 Some(addr) => {
                     let _ = announce.send(addr);
                 }
+                // One write per line, so that a reader of the log never sees half
+                // of one (`writeln!` on a `File` may write it in pieces).
                 None => {
-                    let _ = writeln!(log, "{line}");
+                    let _ = log.write_all(format!("{line}\n").as_bytes());
                 }
             }
         }

@@ -276,11 +276,21 @@ async fn metrics_listen_moves_the_endpoint_off_the_api_port() {
         (&cluster.cluster.masters[0], "shardcache_master_info"),
         (&cluster.cluster.aux[0], "shardcache_aux_info"),
     ] {
-        let log = node.log_tail(200);
-        let addr = log
-            .lines()
-            .find_map(|line| line.strip_prefix("metrics listening on "))
-            .unwrap_or_else(|| panic!("no metrics address in the log of {}:\n{log}", node.name));
+        // The node prints it after its API address, which is all the harness waits
+        // for: wait until it is in the log.
+        let metrics_address = || {
+            node.log_tail(200)
+                .lines()
+                .find_map(|line| line.strip_prefix("metrics listening on "))
+                .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+        };
+        wait_until(
+            &format!("the metrics address in the log of {}", node.name),
+            Duration::from_secs(10),
+            || async { metrics_address().is_some() },
+        )
+        .await;
+        let addr = metrics_address().expect("seen above");
         let scrape = Scrape::fetch(&cluster.http, &format!("http://{addr}/metrics")).await;
         assert_eq!(scrape.sum(family, &[]), Some(1.0), "{family} on {addr}");
     }
