@@ -481,7 +481,8 @@ mod tests {
         let app = test_app();
         let mut expiring = frame("k", 9);
         expiring.expiry_ms = 60_000; // one minute left, whatever the writer's clock says
-        send(&app, "PUT", wire::SHARDS_PATH, expiring.encode()).await;
+        let stored = send(&app, "PUT", wire::SHARDS_PATH, expiring.encode()).await;
+        assert_eq!(stored.status(), StatusCode::NO_CONTENT);
         let got = send(&app, "GET", &wire::shard_path("k"), Bytes::new()).await;
         assert_eq!(got.status(), StatusCode::OK);
         let body = got.into_body().collect().await.unwrap().to_bytes();
@@ -493,7 +494,12 @@ mod tests {
         );
         let mut short = frame("gone", 9);
         short.expiry_ms = 1;
-        send(&app, "PUT", wire::SHARDS_PATH, short.encode()).await;
+        let stored = send(&app, "PUT", wire::SHARDS_PATH, short.encode()).await;
+        assert_eq!(
+            stored.status(),
+            StatusCode::NO_CONTENT,
+            "else the 404 proves nothing"
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let got = send(&app, "GET", &wire::shard_path("gone"), Bytes::new()).await;

@@ -299,12 +299,12 @@ async fn owners_killed_or_paused_mid_batch_lose_no_acknowledged_write() {
     cluster.cluster.restart_aux(1).unwrap();
     cluster.wait_for_state(1, "up").await;
     cluster.wait_for_state(4, "up").await;
+    let during_with_status = during.iter().zip(&statuses);
     let acknowledged = before
         .iter()
         .chain(
-            during
-                .iter()
-                .zip(&statuses)
+            during_with_status
+                .clone()
                 .filter(|(_, status)| **status == StatusCode::OK)
                 .map(|(entry, _)| entry),
         )
@@ -319,6 +319,15 @@ async fn owners_killed_or_paused_mid_batch_lose_no_acknowledged_write() {
         checked += 1;
     }
     assert!(checked >= 400, "only {checked} writes were acknowledged");
+    // A refused write may or may not have landed, but never as other bytes.
+    for ((key, value), _) in during_with_status.filter(|(_, status)| **status != StatusCode::OK) {
+        let read = cluster.value(key).await;
+        assert!(
+            read.is_none() || read.as_deref() == Some(value.as_str()),
+            "{key}: a refused write read back as {} bytes of something else",
+            read.map_or(0, |read| read.len())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,6 +347,11 @@ async fn with_write_batching_off_every_shard_write_is_a_put_of_its_own() {
         || async { aux_requests(&cluster, "/v1/shards").await >= shard_puts },
     )
     .await;
+    assert_eq!(
+        aux_requests(&cluster, "/v1/shards").await,
+        shard_puts,
+        "each shard put once"
+    );
     assert_eq!(aux_requests(&cluster, "/v1/multi-put").await, 0.0);
     assert_eq!(
         cluster

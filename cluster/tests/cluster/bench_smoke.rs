@@ -51,10 +51,21 @@ fn a_short_bench_run_measures_requests_with_no_errors_and_writes_its_outputs() {
                 "{context}"
             );
             assert_eq!(measured["errors"].as_u64(), Some(0), "{context}");
+            // A second of serving thousands of requests spends many clock ticks.
             assert!(
-                measured["server_cpu_seconds"].as_f64() >= Some(0.0),
+                measured["server_cpu_seconds"].as_f64() > Some(0.0),
                 "{context}"
             );
+            let kinds: Vec<&str> = match setup["id"].as_str() {
+                Some("bare") => vec!["bench"], // bench-bare,
+                _ => vec!["master", "aux"],
+            };
+            for kind in kinds {
+                assert!(
+                    measured["server_cpu_us_per_request_by_kind"][kind].as_f64() > Some(0.0),
+                    "{kind} in {context}"
+                );
+            }
         }
     }
     for row in [

@@ -311,6 +311,14 @@ async fn an_older_tombstone_never_hides_an_acknowledged_write_that_is_partly_rea
     cluster.cluster.aux[stale].kill();
     assert_eq!(cluster.set(key, "v2").await.0, 200);
     cluster.cluster.restart_aux(stale).unwrap();
+    assert!(
+        cluster
+            .aux_inventory(stale)
+            .await
+            .iter()
+            .any(|entry| entry.key == key && entry.tombstone),
+        "the stale owner came back without its tombstone, so the 503 below would prove nothing"
+    );
     // The two owners about to fail snapshot v2 first, so that it is back when they
     // are (two failures of the five; the stale node is not a third).
     let since = shardcache_common::unix_millis();

@@ -253,18 +253,23 @@ async fn with_a_cluster_token_internal_ports_and_the_admin_api_refuse_strangers(
     let aux = cluster.cluster.aux[0].addr;
     let shard_url = format!("http://{aux}{}/k", wire::SHARDS_PATH);
     let master = cluster.master();
+    let on_aux = |path: &str| format!("http://{aux}{path}");
     let requests = [
         (reqwest::Method::GET, shard_url.clone()),
-        (
-            reqwest::Method::PUT,
-            format!("http://{aux}{}", wire::SHARDS_PATH),
-        ),
-        (
-            reqwest::Method::GET,
-            format!("http://{aux}{}", wire::INVENTORY_PATH),
-        ),
+        (reqwest::Method::DELETE, shard_url.clone()),
+        (reqwest::Method::PUT, on_aux(wire::SHARDS_PATH)),
+        (reqwest::Method::POST, on_aux(wire::MULTI_GET_PATH)),
+        (reqwest::Method::POST, on_aux(wire::MULTI_PUT_PATH)),
+        (reqwest::Method::GET, on_aux(wire::INVENTORY_PATH)),
+        (reqwest::Method::POST, on_aux(wire::LEASE_PATH)),
+        (reqwest::Method::GET, on_aux(wire::MEMBERSHIP_PATH)),
+        (reqwest::Method::PUT, on_aux(wire::MEMBERSHIP_PATH)),
         (reqwest::Method::GET, format!("{master}/cluster")),
         (reqwest::Method::POST, format!("{master}/cluster/nodes")),
+        (
+            reqwest::Method::DELETE,
+            format!("{master}/cluster/nodes/aux-0"),
+        ),
     ];
     for (method, url) in &requests {
         for authorization in [None, Some("Bearer wrong"), Some(TOKEN)] {
@@ -282,6 +287,8 @@ async fn with_a_cluster_token_internal_ports_and_the_admin_api_refuse_strangers(
             assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
         }
     }
+    // The refused deletes and writes changed nothing.
+    assert_eq!(cluster.value("k").await.as_deref(), Some("v"));
     // With it, they answer; health and the client API stay open.
     let bearer = format!("Bearer {TOKEN}");
     let shard = cluster
@@ -304,6 +311,12 @@ async fn with_a_cluster_token_internal_ports_and_the_admin_api_refuse_strangers(
         .await
         .unwrap();
     assert_eq!(view.status(), 200);
+    let view: serde_json::Value = view.json().await.unwrap();
+    assert_eq!(
+        view["nodes"].as_array().map(Vec::len),
+        Some(cluster.cluster.aux.len()),
+        "the refused DELETE removed no node: {view}"
+    );
     for url in [format!("http://{aux}/health"), format!("{master}/health")] {
         assert_eq!(
             cluster.http.get(&url).send().await.unwrap().status(),

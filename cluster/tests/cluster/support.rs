@@ -243,7 +243,8 @@ impl TestCluster {
         let addr = self.cluster.aux[aux].addr;
         let mut entries = Vec::new();
         let mut cursor: Option<(u64, String)> = None;
-        loop {
+        // Test stores hold far fewer than 100 pages; more means the cursor is stuck.
+        for _page in 0..100 {
             let mut url = format!("http://{addr}/v1/inventory?limit=5000");
             if let Some((point, key)) = &cursor {
                 url.push_str(&format!(
@@ -266,6 +267,7 @@ impl TestCluster {
                 None => return entries,
             }
         }
+        panic!("aux-{aux}'s inventory did not end within 100 pages");
     }
 
     pub async fn set(&self, key: &str, value: &str) -> (StatusCode, Value) {
