@@ -29,6 +29,7 @@ use shardcache_common::server;
 use shardcache_common::version::{HybridClock, Version};
 use shardcache_master::api::{self, Limits, SetRequest, REQUEST_DEADLINE};
 use shardcache_master::config::MasterConfig;
+use shardcache_master::data_path::Miss;
 use shardcache_master::extract::{JsonBody, KeyPath};
 use shardcache_master::ApiError;
 
@@ -137,7 +138,7 @@ async fn get_value(
     api::validate_key(&key, &store.limits)?;
     match lock(&store).get(&key) {
         Some((value, version)) => Ok(api::found(&key, value, *version)),
-        None => Err(api::not_found(&key)),
+        None => Ok(api::not_found(&key, Miss::Absent)),
     }
 }
 
@@ -148,7 +149,7 @@ async fn delete_value(
     api::validate_key(&key, &store.limits)?;
     match lock(&store).remove(&key) {
         Some(_) => Ok(api::deleted(&key)),
-        None => Err(api::not_found(&key)),
+        None => Ok(api::not_found(&key, Miss::Absent)),
     }
 }
 

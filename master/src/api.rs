@@ -21,7 +21,7 @@ use shardcache_common::{http_limits, http_metrics};
 
 use crate::cluster::ClusterReport;
 use crate::config::{MasterConfig, MAX_TTL_SECONDS};
-use crate::data_path::DataPath;
+use crate::data_path::{DataPath, Miss};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
 use crate::metrics::{ClockFigures, ReadResult};
@@ -35,6 +35,11 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
 pub const VERSION_HEADER: &str = "shardcache-version";
+
+/// Response header of a 404 for a key: `absent`, or `partial` when the read met only
+/// partial versions (writers racing on the key) and answered a miss after its
+/// retries ([`Miss`]).
+pub const MISS_HEADER: &str = "shardcache-miss";
 
 /// Shared state of the master's routes.
 #[derive(Clone)]
@@ -215,16 +220,16 @@ async fn get_value(
     validate_key(&key, &state.limits)?;
     let metrics = state.data.metrics();
     let found = match state.data.read(&key).await {
-        Ok(Some(found)) => {
+        Ok(Ok(found)) => {
             metrics.read(ReadResult::Hit);
             if found.degraded {
                 metrics.degraded_read();
             }
             found
         }
-        Ok(None) => {
+        Ok(Err(miss)) => {
             metrics.read(ReadResult::Miss);
-            return Err(not_found(&key));
+            return Ok(not_found(&key, miss));
         }
         Err(error) => {
             metrics.read(ReadResult::Unavailable);
@@ -245,8 +250,8 @@ async fn delete_value(
 ) -> Result<Response, ApiError> {
     validate_key(&key, &state.limits)?;
     match state.data.delete(&key).await? {
-        true => Ok(deleted(&key)),
-        false => Err(not_found(&key)),
+        Ok(()) => Ok(deleted(&key)),
+        Err(miss) => Ok(not_found(&key, miss)),
     }
 }
 
@@ -354,9 +359,14 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
-/// The error of a `GET` or `DELETE` of a key that holds no value.
-pub fn not_found(key: &str) -> ApiError {
-    ApiError::NotFound(format!("key {key:?} not found"))
+/// The answer to a `GET` or `DELETE` of a key that holds no value: 404 with the
+/// JSON error and the [`MISS_HEADER`].
+pub fn not_found(key: &str, miss: Miss) -> Response {
+    let mut response = ApiError::NotFound(format!("key {key:?} not found")).into_response();
+    response
+        .headers_mut()
+        .insert(MISS_HEADER, HeaderValue::from_static(miss.as_str()));
+    response
 }
 
 /// Checks a key against `limits`: not empty, not too long.

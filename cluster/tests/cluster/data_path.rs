@@ -133,3 +133,92 @@ async fn values_expire_after_their_ttl_and_others_do_not() {
     assert_eq!(cluster.value("long").await.as_deref(), Some("lived"));
     assert_eq!(cluster.value("forever").await.as_deref(), Some("lived"));
 }
+
+/// The `shardcache-miss` header of a `method` on `/data/{key}`, asserting a 404, and
+/// how long the request took.
+async fn miss_kind(
+    cluster: &TestCluster,
+    method: reqwest::Method,
+    key: &str,
+) -> (String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let response = cluster
+        .http
+        .request(method.clone(), format!("{}/data/{key}", cluster.master()))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND, "{method} {key}");
+    let header = response
+        .headers()
+        .get("shardcache-miss")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("not found"),
+        "{body}"
+    );
+    (header, took)
+}
+
+/// A miss the owners settle at once is `absent`; one that met only part of a version
+/// (here the leftover of a write that reached one owner) is retried and then
+/// answered `partial`, for GET and DELETE alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_says_whether_it_met_only_partial_versions() {
+    use bytes::Bytes;
+    use shardcache_common::frame::{shard_len, ShardFrame};
+    use shardcache_common::{version::Version, wire};
+
+    let cluster = TestCluster::start();
+    assert_eq!(cluster.set("gone", "soon").await.0, 200);
+    assert_eq!(cluster.delete("gone").await.0, 200);
+    for key in ["never-written", "gone"] {
+        for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+            let (kind, _) = miss_kind(&cluster, method.clone(), key).await;
+            assert_eq!(kind, "absent", "{method} {key}");
+        }
+    }
+
+    let key = "half-written";
+    let value = b"only one shard of this ever landed";
+    let owner = cluster.owners(key)[0];
+    let leftover = ShardFrame {
+        key: key.into(),
+        version: Version {
+            timestamp: shardcache_common::unix_millis() << 16,
+            writer: 7,
+        },
+        tombstone: false,
+        shard_index: 0,
+        data_shards: 3,
+        parity_shards: 2,
+        expiry_ms: 0,
+        value_len: value.len() as u64,
+        value_checksum: shardcache_common::codec::value_checksum(value),
+        payload: Bytes::copy_from_slice(&value[..shard_len(value.len() as u64, 3)]),
+    };
+    let stored = cluster
+        .http
+        .put(format!(
+            "http://{}{}",
+            cluster.cluster.aux[owner].addr,
+            wire::SHARDS_PATH
+        ))
+        .body(leftover.encode())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 204);
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let (kind, took) = miss_kind(&cluster, method.clone(), key).await;
+        assert_eq!(kind, "partial", "{method}");
+        // 2 + 4 + 8 + 16 ms of backoff between its five rounds.
+        assert!(
+            took >= Duration::from_millis(30),
+            "{method} answered after {took:?}, too soon to have retried"
+        );
+    }
+}

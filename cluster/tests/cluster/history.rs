@@ -23,9 +23,9 @@
 //! One kind of miss is reported but not failed on ([`is_racing_miss`]): README
 //! (*How it works*, **Read**) says "while writers race on the same key a read can
 //! find no version with k shards; it retries for up to ~30 ms and then answers a
-//! miss". So a miss behind an acknowledged write is allowed when another write of
-//! the key was in flight *and* the read took the ~30 ms of those retries
-//! ([`PARTIAL_READ_RETRIES`]). A quicker miss did not come from that path and is a
+//! miss", marked `shardcache-miss: partial`. So a miss behind an acknowledged write
+//! is allowed when another write of the key was in flight *and* the master marked
+//! the miss `partial`. An unmarked miss did not come from that path and is a
 //! violation.
 //!
 //! An aux node counts as impaired from its fault until it is back and has caught up
@@ -70,8 +70,9 @@ pub enum Call {
 pub enum Answer {
     /// 200; for a read, the value.
     Ok(Option<String>),
-    /// 404.
-    NotFound,
+    /// 404; `partial` when the master marked it a miss after partial versions
+    /// (`shardcache-miss: partial`).
+    NotFound { partial: bool },
     /// 503.
     Unavailable,
     /// Another status, a timeout or a broken connection: no answer to go by.
@@ -111,7 +112,7 @@ impl Op {
     fn may_take_effect(&self) -> bool {
         !matches!(
             (&self.call, &self.answer),
-            (Call::Read, _) | (_, Answer::NotSent) | (Call::Delete, Answer::NotFound)
+            (Call::Read, _) | (_, Answer::NotSent) | (Call::Delete, Answer::NotFound { .. })
         )
     }
 
@@ -127,7 +128,8 @@ impl Op {
 
     /// A read that found nothing: a GET's 404, or a DELETE's (it reads first).
     fn is_miss(&self) -> bool {
-        matches!(self.call, Call::Read | Call::Delete) && self.answer == Answer::NotFound
+        matches!(self.call, Call::Read | Call::Delete)
+            && matches!(self.answer, Answer::NotFound { .. })
     }
 }
 
@@ -280,22 +282,18 @@ fn racing(history: &[Op], read: usize) -> Vec<usize> {
         .collect()
 }
 
-/// How long a read that finds only partial versions keeps retrying before it
-/// answers a miss: 2 + 4 + 8 + 16 ms of backoff (README: "retries for up to ~30 ms
-/// and then answers a miss").
-pub const PARTIAL_READ_RETRIES: Duration = Duration::from_millis(30);
-
 /// Whether a violation is the miss README allows while writers race: a write or
 /// delete of the key was still in flight when the read began (its client had no
-/// answer yet), and the read lasted through the partial-read retries. A miss behind
-/// an acknowledged write with no update in flight (only leftovers of indeterminate
-/// ones, or nothing), or answered sooner, is not allowed.
+/// answer yet), and the master marked the miss `partial` (it met only partial
+/// versions through its retries). A miss behind an acknowledged write with no update
+/// in flight (only leftovers of indeterminate ones, or nothing), or not marked, is
+/// not allowed.
 pub fn is_racing_miss(history: &[Op], violation: &Violation) -> bool {
     let Violation::Lost { read, .. } = *violation else {
         return false;
     };
     let reader = &history[read];
-    reader.response - reader.invoke >= PARTIAL_READ_RETRIES
+    reader.answer == (Answer::NotFound { partial: true })
         && racing(history, read)
             .into_iter()
             .any(|at| history[at].response > reader.invoke)
@@ -322,7 +320,8 @@ impl fmt::Display for Op {
         let answer = match &self.answer {
             Answer::Ok(Some(value)) => format!("200 {}", short(value)),
             Answer::Ok(None) => "200".to_owned(),
-            Answer::NotFound => "404".to_owned(),
+            Answer::NotFound { partial: false } => "404".to_owned(),
+            Answer::NotFound { partial: true } => "404 (partial)".to_owned(),
             Answer::Unavailable => "503".to_owned(),
             Answer::Unknown(why) => format!("no answer ({why})"),
             Answer::NotSent => "refused".to_owned(),
@@ -356,7 +355,7 @@ fn describe(history: &[Op], violation: &Violation, events: &[Event]) -> String {
     let at = violation.read();
     let read = &history[at];
     let racing_miss = if is_racing_miss(history, violation) {
-        " (a miss while writers raced, after the retries: README allows it)"
+        " (a miss marked partial while writers raced: README allows it)"
     } else {
         ""
     };
@@ -371,7 +370,7 @@ fn describe(history: &[Op], violation: &Violation, events: &[Event]) -> String {
         Violation::Lost { write, .. } => {
             text += &format!("  lost   #{write}: {}\n", history[write]);
             text += &format!(
-                "  the miss took {:.1} ms (a read racing writers retries for {PARTIAL_READ_RETRIES:?})\n",
+                "  the miss took {:.1} ms\n",
                 (read.response - read.invoke).as_secs_f64() * 1000.0
             );
             write
@@ -456,6 +455,10 @@ async fn answer_of(
         Err(error) => return (Answer::Unknown(error.to_string()), None),
     };
     let status = response.status().as_u16();
+    let partial = response
+        .headers()
+        .get("shardcache-miss")
+        .is_some_and(|miss| miss == "partial");
     let header = response
         .headers()
         .get("shardcache-version")
@@ -481,7 +484,7 @@ async fn answer_of(
             body["version"].as_str().map(str::to_owned),
         ),
         (200, Call::Delete) => (Answer::Ok(None), None),
-        (404, _) => (Answer::NotFound, None),
+        (404, _) => (Answer::NotFound { partial }, None),
         (503, _) => (Answer::Unavailable, None),
         (other, _) => (Answer::Unknown(format!("status {other}: {text}")), None),
     }
@@ -894,7 +897,7 @@ fn tally(history: &[Op]) -> BTreeMap<(&'static str, &'static str), usize> {
         };
         let answer = match op.answer {
             Answer::Ok(_) => "200",
-            Answer::NotFound => "404",
+            Answer::NotFound { .. } => "404",
             Answer::Unavailable => "503",
             Answer::Unknown(_) => "no answer",
             Answer::NotSent => "refused",
@@ -996,7 +999,7 @@ async fn histories_under_faults_keep_real_time_order() {
     );
     eprintln!(
         "reads answered 503: {} of {reads} ({:.2}%); misses (GET or DELETE 404): {misses}, \
-         of which misses while writers raced, after the retries (README allows them): {}; \
+         of which marked partial while writers raced (README allows them): {}; \
          violations: {}; checked in {:.0} ms",
         count("read", "503"),
         100.0 * count("read", "503") as f64 / reads.max(1) as f64,
@@ -1079,9 +1082,14 @@ mod checker {
     fn read(span: (u64, u64), value: Option<&str>) -> Op {
         let answer = match value {
             Some(value) => Answer::Ok(Some(value.into())),
-            None => Answer::NotFound,
+            None => Answer::NotFound { partial: false },
         };
         op(Call::Read, span, answer)
+    }
+
+    /// A read answered 404 marked `partial`.
+    fn partial_miss(span: (u64, u64)) -> Op {
+        op(Call::Read, span, Answer::NotFound { partial: true })
     }
 
     #[test]
@@ -1174,7 +1182,10 @@ mod checker {
         let history = [write("a", (0, 10)), read((20, 30), None)];
         assert_eq!(check(&history), [Violation::Lost { read: 1, write: 0 }]);
         // A DELETE answered 404 read nothing too.
-        let history = [write("a", (0, 10)), delete((20, 30), Answer::NotFound)];
+        let history = [
+            write("a", (0, 10)),
+            delete((20, 30), Answer::NotFound { partial: false }),
+        ];
         assert_eq!(check(&history), [Violation::Lost { read: 1, write: 0 }]);
         // A write still in flight, or indeterminate, proves nothing.
         assert_eq!(check(&[write("a", (0, 25)), read((20, 30), None)]), []);
@@ -1228,14 +1239,14 @@ mod checker {
         // A delete that found nothing deleted nothing.
         let history = [
             write("a", (0, 10)),
-            delete((20, 30), Answer::NotFound),
+            delete((20, 30), Answer::NotFound { partial: false }),
             read((40, 50), Some("a")),
         ];
         assert_eq!(check(&history), [Violation::Lost { read: 1, write: 0 }]);
     }
 
     #[test]
-    fn a_miss_is_excused_only_while_writers_race_and_after_the_retries() {
+    fn a_miss_is_excused_only_while_writers_race_and_marked_partial() {
         let history = [
             write("a", (0, 10)),
             write("b", (20, 45)),
@@ -1244,13 +1255,13 @@ mod checker {
             read((40, 50), None),
         ];
         assert_eq!(racing(&history, 4), [1, 2]);
-        // Write 1 is in flight while the read runs, but the read took 10 ms: it
-        // did not retry as a racing read does.
+        // Write 1 is in flight while the read runs, but the master did not mark the
+        // miss partial: it did not come from a racing read's retries.
         let lost = Violation::Lost { read: 4, write: 0 };
         assert!(!is_racing_miss(&history, &lost));
-        let mut slow = history.clone();
-        slow[4].response = ms(40 + 30);
-        assert!(is_racing_miss(&slow, &lost));
+        let mut marked = history.clone();
+        marked[4] = partial_miss((40, 50));
+        assert!(is_racing_miss(&marked, &lost));
         // Only an indeterminate write's leftovers, long answered: not racing.
         let history = [
             write("a", (0, 10)),
@@ -1259,9 +1270,9 @@ mod checker {
         ];
         let lost = Violation::Lost { read: 2, write: 0 };
         assert_eq!(check(&history), std::slice::from_ref(&lost));
-        let mut slow = history.clone();
-        slow[2].response = ms(40 + 30);
-        assert!(!is_racing_miss(&slow, &lost));
+        let mut marked = history.clone();
+        marked[2] = partial_miss((40, 50));
+        assert!(!is_racing_miss(&marked, &lost));
         // A stale value is never excused.
         let history = [
             write("a", (0, 10)),

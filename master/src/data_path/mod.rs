@@ -64,6 +64,28 @@ pub struct Found {
     pub degraded: bool,
 }
 
+/// Why a read found no value. Both answer 404; the `shardcache-miss` header tells
+/// them apart ([`Miss::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The owners' first answers settled it: never written, deleted or expired.
+    Absent,
+    /// The first answers held only partial versions (writers racing on the key, or
+    /// the leftovers of a write that failed), and the read answered a miss after its
+    /// retries. A write racing this read may still be acknowledged.
+    Partial,
+}
+
+impl Miss {
+    /// The value of the `shardcache-miss` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Miss::Absent => "absent",
+            Miss::Partial => "partial",
+        }
+    }
+}
+
 /// Everything a master needs to place, code and fetch shards.
 pub struct DataPath {
     cluster: Arc<Cluster>,

@@ -10,7 +10,7 @@ use shardcache_common::frame::ShardFrame;
 use shardcache_common::version::Version;
 
 use super::verdict::{self, SeenVersions, Verdict};
-use super::{DataPath, Found};
+use super::{DataPath, Found, Miss};
 use crate::cluster::{Node, ReadPlacement};
 use crate::error::ApiError;
 use crate::shards::frames::{self, Geometry};
@@ -37,17 +37,22 @@ enum ReadOutcome {
 }
 
 impl DataPath {
-    /// Reads `key`: `Ok(None)` on a miss or a delete, 503 when the verdict is that
-    /// the answer cannot be known (see [`verdict`]).
+    /// Reads `key`: `Ok(Err(miss))` on a miss or a delete, 503 when the verdict is
+    /// that the answer cannot be known (see [`verdict`]).
     ///
     /// Owners hold one version each, so while writers race on a key the owners can
     /// hold shards of several versions with none at `k` yet. Such a read is retried a
-    /// few times, briefly, before it counts as a miss.
-    pub async fn read(&self, key: &str) -> Result<Option<Found>, ApiError> {
+    /// few times, briefly, before it counts as a miss: [`Miss::Partial`], as is any
+    /// miss found by a retry.
+    pub async fn read(&self, key: &str) -> Result<Result<Found, Miss>, ApiError> {
         let mut backoff = Duration::from_millis(2);
         for attempt in 0.. {
+            let miss = match attempt {
+                0 => Miss::Absent,
+                _ => Miss::Partial,
+            };
             let verdict = match self.read_once(key).await {
-                ReadOutcome::Value(found) => return Ok(Some(found)),
+                ReadOutcome::Value(found) => return Ok(Ok(found)),
                 ReadOutcome::Undecodable { reason, checksum } => {
                     tracing::error!(key, %reason, "stored shards failed verification");
                     self.metrics.decode_failure(checksum);
@@ -64,7 +69,7 @@ impl DataPath {
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
-                Verdict::Absent | Verdict::Deleted(_) => return Ok(None),
+                Verdict::Absent | Verdict::Deleted(_) => return Ok(Err(miss)),
                 // Only part of the value is reachable, and the down owners may hold
                 // the rest: "not found" could be wrong.
                 Verdict::Partial { recoverable: true } => {
@@ -73,7 +78,7 @@ impl DataPath {
                     )));
                 }
                 // Leftovers of a write that never reached its quorum: a miss.
-                Verdict::Partial { recoverable: false } => return Ok(None),
+                Verdict::Partial { recoverable: false } => return Ok(Err(Miss::Partial)),
                 Verdict::Unsettled(reason) => {
                     return Err(ApiError::Unavailable(format!(
                         "{key:?} is unsettled: {reason}"

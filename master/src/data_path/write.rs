@@ -28,7 +28,7 @@ use shardcache_common::aux_client::PutOutcome;
 use shardcache_common::unix_millis;
 use shardcache_common::version::{HybridClock, Version};
 
-use super::DataPath;
+use super::{DataPath, Miss};
 use crate::error::ApiError;
 use crate::metrics::QuorumOp;
 use crate::shards::frames::{self, Geometry};
@@ -69,10 +69,11 @@ impl DataPath {
         .await
     }
 
-    /// Deletes `key`; `false` if there was no live value to delete.
-    pub async fn delete(&self, key: &str) -> Result<bool, ApiError> {
-        let Some(found) = self.read(key).await? else {
-            return Ok(false);
+    /// Deletes `key`; `Ok(Err(miss))` if there was no live value to delete.
+    pub async fn delete(&self, key: &str) -> Result<Result<(), Miss>, ApiError> {
+        let found = match self.read(key).await? {
+            Ok(found) => found,
+            Err(miss) => return Ok(Err(miss)),
         };
         self.clock.observe(found.version);
         let expiry_ms = (self.tombstone_ttl.as_millis() as u64).max(1);
@@ -81,7 +82,7 @@ impl DataPath {
             frames::encoded_tombstones(key, version, geometry, expiry_ms)
         })
         .await?;
-        Ok(true)
+        Ok(Ok(()))
     }
 
     /// Stores the frames `frames_of` makes for a fresh version, and once more for a
