@@ -134,6 +134,32 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
         Some("the real value"),
         "repair acted on a frame of a geometry the master does not write"
     );
+    // Every other owner still holds its real 3+2 shard, and no node a copy of the
+    // forged frame.
+    let owners = cluster.owners(key);
+    for aux in 0..cluster.cluster.aux.len() {
+        let held: Vec<_> = cluster
+            .aux_inventory(aux)
+            .await
+            .into_iter()
+            .filter(|entry| entry.key == key)
+            .collect();
+        let forged_copies = held
+            .iter()
+            .filter(|entry| entry.version == forged.version)
+            .count();
+        let expected_forged = usize::from(aux == owner);
+        assert_eq!(forged_copies, expected_forged, "aux-{aux}: {held:?}");
+        if aux != owner && owners.contains(&aux) {
+            let rank = owners.iter().position(|&other| other == aux).unwrap();
+            assert!(
+                held.iter().any(|entry| entry.data_shards == 3
+                    && entry.parity_shards == 2
+                    && usize::from(entry.shard_index) == rank),
+                "aux-{aux} lost its real shard: {held:?}"
+            );
+        }
+    }
 }
 
 /// Headers sent slowly (or never finished) cost a connection for at most
