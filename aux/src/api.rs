@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -77,19 +77,11 @@ pub fn app(state: AuxState) -> Router {
             state.cluster_token.clone(),
             cluster_token::require,
         ));
-    router
+    let router = router
         .merge(internal)
         .route("/health", get(health))
-        .fallback(no_route)
-        .layer(DefaultBodyLimit::max(state.max_frame_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            REQUEST_DEADLINE,
-            http_limits::deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.max_frame_bytes,
-            http_limits::refuse_declared_oversize,
-        ))
+        .fallback(no_route);
+    http_limits::apply(router, state.max_frame_bytes, REQUEST_DEADLINE)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.http.clone(),
             http_metrics::track,

@@ -17,8 +17,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::middleware;
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -97,21 +96,12 @@ pub fn app() -> Router {
         clock: HybridClock::with_random_writer(defaults.max_clock_skew.0),
         limits,
     });
-    Router::new()
+    let router = Router::new()
         .route("/data", post(set_value))
-        .route("/data/", get(empty_key).delete(empty_key))
+        .route("/data/", get(api::empty_key).delete(api::empty_key))
         .route("/data/{*key}", get(get_value).delete(delete_value))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            REQUEST_DEADLINE,
-            http_limits::deadline,
-        ))
-        .layer(middleware::from_fn_with_state(
-            limits.max_body_bytes,
-            http_limits::refuse_declared_oversize,
-        ))
-        .with_state(store)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) });
+    http_limits::apply(router, limits.max_body_bytes, REQUEST_DEADLINE).with_state(store)
 }
 
 fn lock(store: &Store) -> std::sync::MutexGuard<'_, HashMap<String, (String, Version)>> {
@@ -151,10 +141,6 @@ async fn delete_value(
         Some(_) => Ok(api::deleted(&key)),
         None => Ok(api::not_found(&key, Miss::Absent)),
     }
-}
-
-async fn empty_key() -> ApiError {
-    ApiError::BadRequest("key must not be empty".into())
 }
 
 #[cfg(test)]

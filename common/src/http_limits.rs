@@ -11,15 +11,32 @@
 //!   a deadline, so a client that sends a body slowly, or not at all, holds a
 //!   connection for a bounded time.
 //!
-//! Both answer the JSON error shape `{"error": …}` every route uses.
+//! Both answer the JSON error shape `{"error": …}` every route uses; [`apply`] puts
+//! them, with axum's body limit, in front of a router.
 
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Json, Router};
+
+/// `router` behind the limits: bodies over `max_body_bytes` refused (declared or as
+/// read), and each request bounded by `deadline`.
+pub fn apply<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    max_body_bytes: usize,
+    deadline: Duration,
+) -> Router<S> {
+    router
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(deadline, self::deadline))
+        .layer(middleware::from_fn_with_state(
+            max_body_bytes,
+            refuse_declared_oversize,
+        ))
+}
 
 fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -94,7 +94,7 @@ pub fn app(state: AppState) -> Router {
             state.cluster_token.clone(),
             cluster_token::require,
         ));
-    router
+    let router = router
         .route("/data", post(set_value))
         .route("/data/", get(empty_key).delete(empty_key))
         .route("/data/{*key}", get(get_value).delete(delete_value))
@@ -102,16 +102,8 @@ pub fn app(state: AppState) -> Router {
         .route("/ready", get(ready))
         .merge(admin)
         .fallback(no_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            REQUEST_DEADLINE,
-            http_limits::deadline,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.limits.max_body_bytes,
-            http_limits::refuse_declared_oversize,
-        ))
+        .method_not_allowed_fallback(method_not_allowed);
+    http_limits::apply(router, state.limits.max_body_bytes, REQUEST_DEADLINE)
         .layer(middleware::from_fn_with_state(
             state.data.metrics().http.clone(),
             http_metrics::track,
@@ -347,7 +339,8 @@ async fn remove_node(
     Ok(Json(json!({ "removed": id, "membership": doc })))
 }
 
-async fn empty_key() -> ApiError {
+/// `GET` or `DELETE /data/`: a key must not be empty.
+pub async fn empty_key() -> ApiError {
     ApiError::BadRequest("key must not be empty".into())
 }
 
