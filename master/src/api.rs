@@ -174,14 +174,28 @@ impl SetRequest {
     }
 }
 
+// The data API's answers are serialized straight from borrowed fields: a `json!`
+// value would copy the value into a map (an `IndexMap`, hashed) before writing it.
+
 /// The answer to a stored `POST /data`.
 pub fn stored(key: &str, version: Version) -> Response {
-    Json(json!({ "key": key, "version": version.to_string() })).into_response()
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        key: &'a str,
+        version: String,
+    }
+    let version = version.to_string();
+    Json(Stored { key, version }).into_response()
 }
 
 /// The answer to a `GET /data/{key}` that found `value`, its version in a header.
 pub fn found(key: &str, value: &str, version: Version) -> Response {
-    let mut response = Json(json!({ "key": key, "value": value })).into_response();
+    #[derive(Serialize)]
+    struct Found<'a> {
+        key: &'a str,
+        value: &'a str,
+    }
+    let mut response = Json(Found { key, value }).into_response();
     if let Ok(version) = HeaderValue::from_str(&version.to_string()) {
         response.headers_mut().insert(VERSION_HEADER, version);
     }
@@ -190,7 +204,12 @@ pub fn found(key: &str, value: &str, version: Version) -> Response {
 
 /// The answer to a `DELETE /data/{key}` that deleted a value.
 pub fn deleted(key: &str) -> Response {
-    Json(json!({ "key": key, "deleted": true })).into_response()
+    #[derive(Serialize)]
+    struct Deleted<'a> {
+        key: &'a str,
+        deleted: bool,
+    }
+    Json(Deleted { key, deleted: true }).into_response()
 }
 
 async fn set_value(
