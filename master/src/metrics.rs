@@ -47,6 +47,12 @@ pub enum ShardOutcome {
 }
 
 impl ShardOutcome {
+    const COUNT: usize = 5;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     fn label(self) -> &'static str {
         match self {
             ShardOutcome::Ok => "ok",
@@ -100,6 +106,34 @@ pub enum QuorumOp {
 const BATCH_KEY_BUCKETS: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+
+/// Records shard calls to one node of one kind; see [`MasterMetrics::shard_calls`].
+pub struct ShardCalls<'a> {
+    metrics: &'a MasterMetrics,
+    node: &'a str,
+    op: ShardOp,
+    /// The `shard_requests` counter and `shard_duration` histogram of each
+    /// outcome met so far, by [`ShardOutcome::index`].
+    by_outcome: [Option<(IntCounter, Histogram)>; ShardOutcome::COUNT],
+}
+
+impl ShardCalls<'_> {
+    pub fn node(&self) -> &str {
+        self.node
+    }
+
+    pub fn record(&mut self, outcome: ShardOutcome, took: Duration) {
+        let (requests, duration) = self.by_outcome[outcome.index()].get_or_insert_with(|| {
+            let labels = [self.node, self.op.label(), outcome.label()];
+            (
+                self.metrics.shard_requests.with_label_values(&labels),
+                self.metrics.shard_duration.with_label_values(&labels),
+            )
+        });
+        requests.inc();
+        duration.observe(took.as_secs_f64());
+    }
+}
 
 /// Every metric a master exports, in its own registry.
 pub struct MasterMetrics {
@@ -267,11 +301,18 @@ impl MasterMetrics {
     }
 
     pub fn shard_call(&self, node: &str, op: ShardOp, outcome: ShardOutcome, took: Duration) {
-        let labels = [node, op.label(), outcome.label()];
-        self.shard_requests.with_label_values(&labels).inc();
-        self.shard_duration
-            .with_label_values(&labels)
-            .observe(took.as_secs_f64());
+        self.shard_calls(node, op).record(outcome, took);
+    }
+
+    /// A recorder for many shard calls to `node` of kind `op` (one batch's): it
+    /// looks each outcome's counter and histogram up once, not once per call.
+    pub fn shard_calls<'a>(&'a self, node: &'a str, op: ShardOp) -> ShardCalls<'a> {
+        ShardCalls {
+            metrics: self,
+            node,
+            op,
+            by_outcome: Default::default(),
+        }
     }
 
     /// Records the size of one batched shard read sent to an aux node.
@@ -423,6 +464,48 @@ impl RepairMetrics {
         self.lease_held.set(i64::from(sample.lease_held));
         if let Some(seconds) = sample.last_pass_seconds {
             self.last_pass_seconds.set(seconds);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_recorder_counts_like_single_calls() {
+        let outcomes = [
+            ShardOutcome::Ok,
+            ShardOutcome::Miss,
+            ShardOutcome::Stale,
+            ShardOutcome::Timeout,
+            ShardOutcome::Error,
+        ];
+        assert_eq!(outcomes.len(), ShardOutcome::COUNT);
+        let metrics = MasterMetrics::new();
+        let mut calls = metrics.shard_calls("aux-1", ShardOp::Get);
+        for (times, outcome) in outcomes.iter().enumerate() {
+            assert!(outcome.index() < ShardOutcome::COUNT);
+            for _ in 0..=times {
+                calls.record(*outcome, Duration::from_millis(1));
+            }
+        }
+        metrics.shard_call("aux-1", ShardOp::Get, ShardOutcome::Ok, Duration::ZERO);
+        for (times, outcome) in outcomes.iter().enumerate() {
+            let labels = ["aux-1", ShardOp::Get.label(), outcome.label()];
+            let single = u64::from(*outcome == ShardOutcome::Ok);
+            assert_eq!(
+                metrics.shard_requests.with_label_values(&labels).get(),
+                times as u64 + 1 + single,
+                "{outcome:?}"
+            );
+            assert_eq!(
+                metrics
+                    .shard_duration
+                    .with_label_values(&labels)
+                    .get_sample_count(),
+                times as u64 + 1 + single
+            );
         }
     }
 }

@@ -455,8 +455,16 @@ async fn dispatch<K: BatchKind>(
                 Err(error) => vec![Err(error); items.len()],
             };
             drop(slot);
+            // One clock reading and one metrics lookup per outcome for the batch.
+            let answered_at = Instant::now();
+            let batch_node = waiting.first().map(|(node_id, ..)| node_id.clone());
+            let mut calls = metrics.shard_calls(batch_node.as_deref().unwrap_or(""), K::OP);
             for ((node_id, queued_at, reply), answer) in waiting.into_iter().zip(answers) {
-                metrics.shard_call(&node_id, K::OP, K::outcome(&answer), queued_at.elapsed());
+                let took = answered_at.saturating_duration_since(queued_at);
+                match *node_id == *calls.node() {
+                    true => calls.record(K::outcome(&answer), took),
+                    false => metrics.shard_call(&node_id, K::OP, K::outcome(&answer), took),
+                }
                 if let Err(error) = &answer {
                     metrics.shard_error(error);
                 }
