@@ -183,11 +183,14 @@ async fn slow_headers_are_cut_off_and_connections_are_capped_on_the_master_port(
     slow_headers_are_cut_off_and_excess_connections_closed(&cluster, addr).await;
 }
 
-/// A 1 s header timeout and a cap of 64 connections.
+/// The header-read timeout of [`tight_connection_limits`].
+const HEADER_READ_TIMEOUT_SECS: u64 = 2;
+
+/// A 2 s header timeout and a cap of 64 connections.
 fn tight_connection_limits() -> [String; 4] {
     [
         "--header-read-timeout".into(),
-        "1s".into(),
+        HEADER_READ_TIMEOUT_SECS.to_string() + "s",
         "--max-connections".into(),
         "64".into(),
     ]
@@ -221,12 +224,13 @@ async fn slow_headers_are_cut_off_and_excess_connections_closed(
     );
 
     // 80 idle connections against a cap of 64 (masters hold a few to aux nodes too).
+    let flood_began = Instant::now();
     let mut idle = Vec::new();
     for _ in 0..80 {
         idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
-    // All at once and well within the 1 s header timeout, so that only the cap
-    // can have closed any.
+    // All at once and well within the header timeout (checked below), so that only
+    // the cap can have closed any.
     let peeks = idle.iter_mut().map(|stream| async move {
         let mut byte = [0u8; 1];
         let peek = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await;
@@ -238,12 +242,17 @@ async fn slow_headers_are_cut_off_and_excess_connections_closed(
         .filter(|closed| *closed)
         .count();
     assert!(
+        flood_began.elapsed() < Duration::from_secs(HEADER_READ_TIMEOUT_SECS),
+        "the flood took {:?}: the header timeout, not the cap, may have closed them",
+        flood_began.elapsed()
+    );
+    assert!(
         closed >= 16,
         "only {closed} of 80 connections over the cap were closed"
     );
     drop(idle);
     // The node learns of the dropped connections only as it reads their EOFs, and
-    // the client's pooled connections may have met the 1 s header timeout: until
+    // the client's pooled connections may have met the header timeout: until
     // then a request can find its connection closed. It must succeed soon after.
     let url = format!("{}/data", cluster.master());
     wait_until(
