@@ -116,16 +116,15 @@ async fn delayed_copy(
 ) -> std::io::Result<()> {
     let (queue, mut due) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(QUEUED_CHUNKS);
     let read_side = async move {
+        // Read into one buffer and queue copies of what arrived: a queued chunk
+        // holds its bytes, not a 64 KiB allocation each.
+        let mut buffer = vec![0; CHUNK_BYTES];
         loop {
-            let mut chunk = vec![0; CHUNK_BYTES];
-            let read = reader.read(&mut chunk).await?;
+            let read = reader.read(&mut buffer).await?;
             let arrived = Instant::now();
             let item = match read {
                 0 => None,
-                read => {
-                    chunk.truncate(read);
-                    Some(chunk)
-                }
+                read => Some(buffer[..read].to_vec()),
             };
             let finished = item.is_none();
             if queue.send((arrived + delay, item)).await.is_err() {
