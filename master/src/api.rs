@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,12 +34,12 @@ use shardcache_common::cluster_token::{self, ClusterToken};
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
-pub const VERSION_HEADER: &str = "shardcache-version";
+pub const VERSION_HEADER: HeaderName = HeaderName::from_static("shardcache-version");
 
 /// Response header of a 404 for a key: `absent`, or `partial` when the read met only
 /// partial versions (writers racing on the key) and answered a miss after its
 /// retries ([`Miss`]).
-pub const MISS_HEADER: &str = "shardcache-miss";
+pub const MISS_HEADER: HeaderName = HeaderName::from_static("shardcache-miss");
 
 /// Shared state of the master's routes.
 #[derive(Clone)]
