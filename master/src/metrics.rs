@@ -95,6 +95,13 @@ pub enum ReadResult {
     Unavailable,
 }
 
+/// What met a shard of a foreign geometry, the `seen_by` label.
+#[derive(Clone, Copy, Debug)]
+pub enum ForeignShardSeenBy {
+    Read,
+    Repair,
+}
+
 /// Which request missed the write quorum, the `op` label.
 #[derive(Clone, Copy, Debug)]
 pub enum QuorumOp {
@@ -147,6 +154,7 @@ pub struct MasterMetrics {
     degraded_reads: IntCounter,
     decode_failures: IntCounter,
     checksum_mismatches: IntCounter,
+    foreign_shards: IntCounterVec,
     write_quorum_failures: IntCounterVec,
     read_repaired_shards: IntCounter,
     node_state: IntGaugeVec,
@@ -229,6 +237,11 @@ impl MasterMetrics {
             checksum_mismatches: r.counter(
                 "checksum_mismatches_total",
                 "Shard frames or rebuilt values that failed their checksum.",
+            )?,
+            foreign_shards: r.counter_vec(
+                "foreign_shards_total",
+                "Shards of a geometry (k, m) this master does not write, met by reads or repair (`seen_by`) and ignored: a forged frame, or another master configured with other --data-shards/--parity-shards on the same aux nodes.",
+                &["seen_by"],
             )?,
             write_quorum_failures: r.counter_vec(
                 "write_quorum_failures_total",
@@ -330,6 +343,15 @@ impl MasterMetrics {
         if matches!(error, AuxError::BadFrame(FrameError::ChecksumMismatch)) {
             self.checksum_mismatches.inc();
         }
+    }
+
+    /// Counts a shard of another geometry that a read or repair (`seen_by`) ignored.
+    pub fn foreign_shard(&self, seen_by: ForeignShardSeenBy) {
+        let label = match seen_by {
+            ForeignShardSeenBy::Read => "read",
+            ForeignShardSeenBy::Repair => "repair",
+        };
+        self.foreign_shards.with_label_values(&[label]).inc();
     }
 
     pub fn read(&self, result: ReadResult) {

@@ -119,6 +119,15 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
             "a frame of a geometry the master does not write was served"
         );
     }
+    // Operators see it: reads counted what they ignored (the forged owner answers
+    // among the first four of five in most reads; 20 reads make none unlikely).
+    let foreign = |scrape: &crate::support::Scrape, seen_by: &str| {
+        scrape.value(
+            "shardcache_master_foreign_shards_total",
+            &[("seen_by", seen_by)],
+        )
+    };
+    assert!(foreign(&cluster.master_scrape().await, "read") > 0.0);
     // Nor does repair take it for the key's newest version: it neither copies it
     // nor deletes the real shards as strays of it.
     let passes = |view: Value| view["repair"]["passes"].as_u64().unwrap_or(0);
@@ -133,6 +142,10 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
         cluster.value(key).await.as_deref(),
         Some("the real value"),
         "repair acted on a frame of a geometry the master does not write"
+    );
+    assert!(
+        foreign(&cluster.master_scrape().await, "repair") >= 2.0,
+        "each of two repair passes counts the foreign shard it ignored"
     );
     // Every other owner still holds its real 3+2 shard, and no node a copy of the
     // forged frame.

@@ -13,6 +13,7 @@ use super::verdict::{self, SeenVersions, Verdict};
 use super::{DataPath, Found, Miss};
 use crate::cluster::{Node, ReadPlacement};
 use crate::error::ApiError;
+use crate::metrics::ForeignShardSeenBy;
 use crate::shards::frames::{self, Geometry};
 
 /// How often a read that found only partial versions, or an unsettled newer write
@@ -177,6 +178,7 @@ impl DataPath {
                         m = frame.parity_shards,
                         "aux node answered with a shard of a geometry this master does not write"
                     );
+                    self.metrics.foreign_shard(ForeignShardSeenBy::Read);
                     seen.add_failure();
                 }
                 Ok(Some(frame)) => {

@@ -11,6 +11,7 @@ use shardcache_common::wire::InventoryEntry;
 use super::plan::{self, Abandon, Holding, KeyPlan, Placement, Source};
 use super::PassCounts;
 use crate::cluster::View;
+use crate::metrics::ForeignShardSeenBy;
 use crate::shards::frames::{self, Geometry};
 use crate::shards::ShardClient;
 
@@ -51,6 +52,9 @@ impl Apply<'_> {
                     m = entry.parity_shards,
                     "repair ignores a shard of a geometry this master does not write"
                 );
+                self.shards
+                    .metrics()
+                    .foreign_shard(ForeignShardSeenBy::Repair);
             }
             ours
         });

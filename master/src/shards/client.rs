@@ -57,6 +57,11 @@ impl ShardClient {
         }
     }
 
+    /// The metrics its calls are counted in.
+    pub fn metrics(&self) -> &MasterMetrics {
+        &self.metrics
+    }
+
     /// The unmeasured client, for calls that are not shard traffic (inventory,
     /// leases).
     pub fn aux(&self) -> &AuxClient {
