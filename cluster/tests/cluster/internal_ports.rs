@@ -143,9 +143,11 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
         Some("the real value"),
         "repair acted on a frame of a geometry the master does not write"
     );
+    // The first of those passes may have scanned the key before the frame landed;
+    // the second began after it.
     assert!(
-        foreign(&cluster.master_scrape().await, "repair") >= 2.0,
-        "each of two repair passes counts the foreign shard it ignored"
+        foreign(&cluster.master_scrape().await, "repair") >= 1.0,
+        "repair counts the foreign shard it ignored"
     );
     // Every other owner still holds its real 3+2 shard, and no node a copy of the
     // forged frame.
