@@ -42,6 +42,8 @@ pub struct AuxState {
     pub max_clock_skew_ms: u64,
     /// Required on every internal route (see `cluster_token`).
     pub cluster_token: ClusterToken,
+    /// `--data-shards`, `--parity-shards`: the only (k, m) stored, when given.
+    pub geometry: Option<(u8, u8)>,
     pub node_id: Arc<str>,
     /// Random per process start (see [`AuxHealth::instance`]).
     pub instance: u64,
@@ -158,8 +160,9 @@ async fn multi_put_shards(State(state): State<AuxState>, body: Bytes) -> Respons
         .into_response()
 }
 
-/// Decodes and stores one received frame: refused when it is corrupt, stamped
-/// beyond `--max-clock-skew` in this node's future, or larger than the store.
+/// Decodes and stores one received frame: refused when it is corrupt, of another
+/// geometry than `--data-shards`/`--parity-shards` (when given), stamped beyond
+/// `--max-clock-skew` in this node's future, or larger than the store.
 fn store_frame(state: &AuxState, body: Bytes, now_ms: u64) -> PutAnswer {
     let refused = |status: StatusCode, reason: String| PutAnswer::Refused {
         status: status.as_u16(),
@@ -169,6 +172,17 @@ fn store_frame(state: &AuxState, body: Bytes, now_ms: u64) -> PutAnswer {
         Ok(frame) => frame,
         Err(problem) => return refused(StatusCode::BAD_REQUEST, problem.to_string()),
     };
+    if let Some((k, m)) = state.geometry {
+        if (frame.data_shards, frame.parity_shards) != (k, m) {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "this aux node stores {k}+{m} shards (--data-shards {k} --parity-shards {m}); the shard is {}+{}: give its writer the same --data-shards and --parity-shards",
+                    frame.data_shards, frame.parity_shards
+                ),
+            );
+        }
+    }
     let lead_ms = HybridClock::lead_of(frame.version, now_ms);
     if lead_ms > state.max_clock_skew_ms {
         return refused(
@@ -345,12 +359,18 @@ mod tests {
     use tower::ServiceExt;
 
     fn test_app() -> Router {
+        test_app_storing(None)
+    }
+
+    /// A test node that stores only shards of `geometry`, when given.
+    fn test_app_storing(geometry: Option<(u8, u8)>) -> Router {
         let dir = std::env::temp_dir();
         app(AuxState {
             store: Arc::new(ShardStore::new(1 << 20)),
             max_frame_bytes: 1 << 20,
             max_clock_skew_ms: 1_000,
             cluster_token: ClusterToken::default(),
+            geometry,
             node_id: "aux-test".into(),
             instance: 1,
             leases: Arc::default(),
@@ -504,6 +524,51 @@ mod tests {
             );
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn with_a_geometry_configured_shards_of_another_are_refused_single_and_batched() {
+        // `frame` writes 2+1 shards.
+        let app = test_app_storing(Some((3, 2)));
+        let refused = send(&app, "PUT", wire::SHARDS_PATH, frame("k", 9).encode()).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let message = String::from_utf8_lossy(&body);
+        assert!(
+            message.contains("stores 3+2 shards") && message.contains("the shard is 2+1"),
+            "{message}"
+        );
+        let mut ours = frame("ours", 9);
+        (ours.data_shards, ours.parity_shards) = (3, 2);
+        let frames = [ours.encode(), frame("theirs", 9).encode()];
+        let response = send(
+            &app,
+            "POST",
+            wire::MULTI_PUT_PATH,
+            multi_put::encode_request(&frames),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let answers = multi_put::decode_response(&body, frames.len()).unwrap();
+        assert_eq!(answers[0], PutAnswer::Stored);
+        assert!(
+            matches!(&answers[1], PutAnswer::Refused { status: 400, reason } if reason.contains("--data-shards")),
+            "{:?}",
+            answers[1]
+        );
+        for (key, status) in [
+            ("ours", StatusCode::OK),
+            ("theirs", StatusCode::NOT_FOUND),
+            ("k", StatusCode::NOT_FOUND),
+        ] {
+            let got = send(&app, "GET", &wire::shard_path(key), Bytes::new()).await;
+            assert_eq!(got.status(), status, "{key}");
+        }
+        // Unconfigured, the same shard is taken.
+        let open = test_app();
+        let stored = send(&open, "PUT", wire::SHARDS_PATH, frame("k", 9).encode()).await;
+        assert_eq!(stored.status(), StatusCode::NO_CONTENT);
     }
 
     #[tokio::test]

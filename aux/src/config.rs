@@ -75,6 +75,18 @@ pub struct AuxConfig {
     #[command(flatten)]
     pub cluster_token: ClusterTokenArgs,
 
+    /// k, the data shards per value the masters write (their `--data-shards`). With
+    /// `--parity-shards`, shards of any other geometry are refused (400): a master
+    /// configured with another k and m gets its writes refused, rather than storing
+    /// shards the other masters cannot read. Unset, any well-formed shard is taken.
+    #[arg(long, env = "SHARDCACHE_DATA_SHARDS", requires = "parity_shards")]
+    pub data_shards: Option<u8>,
+
+    /// m, the parity shards per value the masters write (their `--parity-shards`);
+    /// see `--data-shards`.
+    #[arg(long, env = "SHARDCACHE_PARITY_SHARDS", requires = "data_shards")]
+    pub parity_shards: Option<u8>,
+
     /// How often expired shards are swept out of memory.
     #[arg(long, env = "SHARDCACHE_SWEEP_INTERVAL", default_value = "1s")]
     pub sweep_interval: HumanDuration,
@@ -115,7 +127,15 @@ impl AuxConfig {
         if self.sweep_interval.0.is_zero() {
             return Err("--sweep-interval must be greater than zero".into());
         }
+        if self.data_shards == Some(0) {
+            return Err("--data-shards must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The (k, m) every stored shard must have, when configured.
+    pub fn geometry(&self) -> Option<(u8, u8)> {
+        self.data_shards.zip(self.parity_shards)
     }
 
     /// Largest request body the aux API accepts: `--max-request-size`, and never

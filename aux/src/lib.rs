@@ -82,6 +82,7 @@ pub async fn run(
         max_frame_bytes: config.max_frame_bytes(),
         max_clock_skew_ms: config.max_clock_skew.0.as_millis() as u64,
         cluster_token: config.cluster_token.load().map_err(anyhow::Error::msg)?,
+        geometry: config.geometry(),
         node_id: node_id.as_str().into(),
         instance: rand::random(),
         leases: Arc::default(),

@@ -33,6 +33,9 @@ pub struct ClusterSpec {
     pub aux_nodes: usize,
     pub data_shards: u8,
     pub parity_shards: u8,
+    /// Give the aux nodes `--data-shards`/`--parity-shards` too, so that they refuse
+    /// shards of any other geometry (the deployed shape; on by default).
+    pub aux_checks_geometry: bool,
     /// Interface every node binds (loopback by default).
     pub host: IpAddr,
     /// Port of the first master, the next ones counting up; 0 = any free port.
@@ -55,6 +58,7 @@ impl ClusterSpec {
             aux_nodes: 6,
             data_shards: 3,
             parity_shards: 2,
+            aux_checks_geometry: true,
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             master_port: 0,
             aux_port: 0,
@@ -302,6 +306,14 @@ impl LocalCluster {
             "--node-id".to_owned(),
             name.clone(),
         ];
+        if spec.aux_checks_geometry {
+            args.extend([
+                "--data-shards".to_owned(),
+                spec.data_shards.to_string(),
+                "--parity-shards".to_owned(),
+                spec.parity_shards.to_string(),
+            ]);
+        }
         args.extend(spec.aux_args.iter().cloned());
         let log = spec.data_dir.join("logs").join(format!("{name}.log"));
         let node = Node::start(&self.exe, "aux", name, listen, args, log)?;

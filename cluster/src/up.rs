@@ -76,6 +76,7 @@ impl UpArgs {
             aux_nodes: self.aux_nodes,
             data_shards: self.data_shards,
             parity_shards: self.parity_shards,
+            aux_checks_geometry: true,
             host: self.host,
             master_port: self.master_port,
             aux_port: self.aux_port,

@@ -41,10 +41,25 @@ pub enum AuxError {
     Transport(String),
     #[error("unexpected status {0}")]
     Status(StatusCode),
+    /// The node refused what was sent, and said why (a shard put's `{"error": …}`).
+    #[error("refused ({status}): {reason}")]
+    Refused { status: StatusCode, reason: String },
     #[error("malformed shard frame: {0}")]
     BadFrame(#[from] FrameError),
     #[error("malformed JSON answer: {0}")]
     BadJson(String),
+}
+
+/// The error of a refused call: [`AuxError::Refused`] with the node's reason when
+/// its body is the JSON error shape, else [`AuxError::Status`].
+fn refusal(status: StatusCode, body: &[u8]) -> AuxError {
+    let reason = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|body| body["error"].as_str().map(str::to_owned));
+    match reason {
+        Some(reason) => AuxError::Refused { status, reason },
+        None => AuxError::Status(status),
+    }
 }
 
 /// A pooled, timeout-bounded client for aux nodes addressed as `host:port`.
@@ -99,13 +114,13 @@ where
 
     /// Stores an encoded frame on `node`, unless it holds a newer version of the key.
     pub async fn put_shard(&self, node: &str, frame: Bytes) -> Result<PutOutcome, AuxError> {
-        let (status, headers, _) = self
+        let (status, headers, body) = self
             .call(Method::PUT, node, wire::SHARDS_PATH, frame)
             .await?;
         match status {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(PutOutcome::Stored),
             StatusCode::CONFLICT => Ok(PutOutcome::Superseded(current_version(&headers))),
-            other => Err(AuxError::Status(other)),
+            other => Err(refusal(other, &body)),
         }
     }
 
@@ -167,9 +182,10 @@ where
             .map(|answer| match answer {
                 PutAnswer::Stored => Ok(PutOutcome::Stored),
                 PutAnswer::Superseded(held) => Ok(PutOutcome::Superseded(held)),
-                PutAnswer::Refused { status, .. } => Err(AuxError::Status(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                )),
+                PutAnswer::Refused { status, reason } => Err(AuxError::Refused {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                    reason,
+                }),
             })
             .collect())
     }
@@ -338,4 +354,32 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_carries_the_nodes_reason_when_it_gave_one() {
+        let refused = refusal(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":"this aux node stores 3+2 shards"}"#,
+        );
+        assert!(
+            matches!(&refused, AuxError::Refused { status, reason }
+                if *status == StatusCode::BAD_REQUEST && reason == "this aux node stores 3+2 shards"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused.to_string(),
+            "refused (400 Bad Request): this aux node stores 3+2 shards"
+        );
+        for body in [&b""[..], b"not json", br#"{"other":1}"#] {
+            assert!(matches!(
+                refusal(StatusCode::BAD_GATEWAY, body),
+                AuxError::Status(StatusCode::BAD_GATEWAY)
+            ));
+        }
+    }
 }

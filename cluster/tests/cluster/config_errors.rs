@@ -77,6 +77,22 @@ fn invalid_configuration_exits_with_one_clear_line() {
         &["aux", "--listen", "127.0.0.1:0", "--capacity", "1KiB"],
         "too small",
     );
+    assert_clear_failure(
+        &["aux", "--listen", "127.0.0.1:0", "--data-shards", "3"],
+        "--parity-shards",
+    );
+    assert_clear_failure(
+        &[
+            "aux",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-shards",
+            "0",
+            "--parity-shards",
+            "2",
+        ],
+        "--data-shards must be at least 1",
+    );
     assert_clear_failure(&["up", "--aux-nodes", "4"], "needs at least 5 aux nodes");
     assert_clear_failure(
         &["up", "--data-shards", "0"],

@@ -72,7 +72,10 @@ async fn oversized_and_stalled_bodies_are_refused_promptly_on_the_aux_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_frame_claiming_another_geometry_is_never_served() {
     // Repair passes every second, to show that repair does not act on it either.
+    // The aux nodes take any well-formed frame here, as when started without
+    // --data-shards/--parity-shards: this is the masters' own defence.
     let cluster = TestCluster::start_with(|spec| {
+        spec.aux_checks_geometry = false;
         spec.master_args
             .extend(["--repair-interval".into(), "1s".into()]);
     });
@@ -175,6 +178,73 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
             );
         }
     }
+}
+
+/// Aux nodes given the cluster's geometry refuse shards of any other, forged or
+/// from a master configured with another k and m; such a master's writes fail with
+/// a 503 that says why, and leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aux_nodes_refuse_shards_of_another_geometry_and_say_why() {
+    // The aux nodes store 2+3 shards; the master writes 3+2.
+    let cluster = TestCluster::start_with(|spec| {
+        spec.aux_checks_geometry = false;
+        spec.aux_args.extend([
+            "--data-shards".into(),
+            "2".into(),
+            "--parity-shards".into(),
+            "3".into(),
+        ]);
+    });
+    let (status, body) = cluster.set("k", "v").await;
+    assert_eq!(status, 503, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("write quorum not reached") && error.contains("stores 2+3 shards"),
+        "{error}"
+    );
+    for aux in 0..cluster.cluster.aux.len() {
+        assert!(cluster.aux_inventory(aux).await.is_empty(), "aux-{aux}");
+    }
+    assert_eq!(cluster.value("k").await, None);
+
+    // Directly: a frame of the nodes' geometry is taken, another refused.
+    let put = |data_shards: u8, parity_shards: u8| {
+        let value = b"a value".to_vec();
+        let frame = ShardFrame {
+            key: format!("direct {data_shards}+{parity_shards}"),
+            version: Version {
+                timestamp: shardcache_common::unix_millis() << 16,
+                writer: 7,
+            },
+            tombstone: false,
+            shard_index: 0,
+            data_shards,
+            parity_shards,
+            expiry_ms: 0,
+            value_len: value.len() as u64,
+            value_checksum: shardcache_common::codec::value_checksum(&value),
+            payload: Bytes::copy_from_slice(
+                &value[..shardcache_common::frame::shard_len(value.len() as u64, data_shards)],
+            ),
+        };
+        cluster
+            .http
+            .put(format!(
+                "http://{}{}",
+                cluster.cluster.aux[0].addr,
+                wire::SHARDS_PATH
+            ))
+            .body(frame.encode())
+            .send()
+    };
+    assert_eq!(put(2, 3).await.unwrap().status(), 204);
+    let refused = put(1, 0).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("the shard is 1+0"),
+        "{body}"
+    );
 }
 
 /// Headers sent slowly (or never finished) cost a connection for at most
