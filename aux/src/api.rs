@@ -341,6 +341,12 @@ async fn health(State(state): State<AuxState>) -> Response {
         },
         membership_version: state.membership.get().map(|doc| doc.version),
         unix_ms: Some(unix_millis()),
+        geometry: state
+            .geometry
+            .map(|(data_shards, parity_shards)| wire::StoredGeometry {
+                data_shards,
+                parity_shards,
+            }),
     };
     // The typed part masters read, plus the full figures for operators.
     let mut body = serde_json::to_value(summary).unwrap_or_default();

@@ -139,6 +139,17 @@ pub struct AuxHealth {
     /// offset from it. Absent from nodes of older builds.
     #[serde(default)]
     pub unix_ms: Option<u64>,
+    /// The only geometry the node stores (its `--data-shards`/`--parity-shards`);
+    /// absent when it takes any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geometry: Option<StoredGeometry>,
+}
+
+/// An aux node's configured (k, m).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredGeometry {
+    pub data_shards: u8,
+    pub parity_shards: u8,
 }
 
 /// The store figures a master shows in its cluster view.

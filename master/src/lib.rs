@@ -40,6 +40,7 @@ use shardcache_common::codec::Codec;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
 use shardcache_common::server;
+use shardcache_common::wire::StoredGeometry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -167,6 +168,13 @@ pub async fn run(
     .map_err(anyhow::Error::msg)?;
     let cluster = state.data.cluster().clone();
     cluster.probe_round().await;
+    // Aux nodes configured for another k and m would refuse every shard.
+    cluster
+        .check_geometry(StoredGeometry {
+            data_shards: config.data_shards,
+            parity_shards: config.parity_shards,
+        })
+        .map_err(anyhow::Error::msg)?;
     tracing::info!(
         listen = %listener.local_addr()?,
         aux_nodes_up = cluster.view().up_nodes().len(),

@@ -181,27 +181,83 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
 }
 
 /// Aux nodes given the cluster's geometry refuse shards of any other, forged or
-/// from a master configured with another k and m; such a master's writes fail with
-/// a 503 that says why, and leave nothing behind.
+/// from a master configured with another k and m. Such a master refuses to start
+/// while it can see them; one that started before they were configured so has its
+/// writes fail with a 503 that says why, and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aux_nodes_refuse_shards_of_another_geometry_and_say_why() {
-    // The aux nodes store 2+3 shards; the master writes 3+2.
-    let cluster = TestCluster::start_with(|spec| {
-        spec.aux_checks_geometry = false;
-        spec.aux_args.extend([
-            "--data-shards".into(),
-            "2".into(),
-            "--parity-shards".into(),
-            "3".into(),
-        ]);
-    });
-    let (status, body) = cluster.set("k", "v").await;
-    assert_eq!(status, 503, "{body}");
-    let error = body["error"].as_str().unwrap();
+    let mut cluster = TestCluster::start(); // 3+2 on masters and aux nodes
+    let aux_list: Vec<String> = cluster
+        .cluster
+        .aux
+        .iter()
+        .map(|node| node.addr.to_string())
+        .collect();
+    let mut misconfigured = std::process::Command::new(env!("CARGO_BIN_EXE_shardcache"))
+        .args([
+            "master",
+            "--listen",
+            "127.0.0.1:0",
+            "--aux",
+            &aux_list.join(","),
+        ])
+        .args(["--data-shards", "2", "--parity-shards", "3"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let gave_up_at = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = misconfigured.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > gave_up_at {
+            misconfigured.kill().unwrap();
+            panic!("a master configured for 2+3 started against 3+2 aux nodes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut misconfigured.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!exit.success());
     assert!(
-        error.contains("write quorum not reached") && error.contains("stores 2+3 shards"),
-        "{error}"
+        stderr.contains("error: this master writes 2+3 shards")
+            && stderr.contains("aux-0 stores 3+2"),
+        "{stderr}"
     );
+
+    // The aux nodes turn 2+3 under the running 3+2 master.
+    for aux in 0..cluster.cluster.aux.len() {
+        cluster
+            .cluster
+            .restart_aux_with(aux, "--data-shards", "2")
+            .unwrap();
+        cluster
+            .cluster
+            .restart_aux_with(aux, "--parity-shards", "3")
+            .unwrap();
+    }
+    for aux in 0..cluster.cluster.aux.len() {
+        cluster.wait_for_state(aux, "up").await;
+    }
+    // Every write fails; once the master's pooled connections to the restarted
+    // nodes are fresh, the 503 carries their reason.
+    let gave_up_at = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = cluster.set("k", "v").await;
+        assert_eq!(status, 503, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("write quorum not reached"), "{error}");
+        if error.contains("stores 2+3 shards") {
+            break;
+        }
+        assert!(
+            Instant::now() < gave_up_at,
+            "no refusal's reason in {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for aux in 0..cluster.cluster.aux.len() {
         assert!(cluster.aux_inventory(aux).await.is_empty(), "aux-{aux}");
     }

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use shardcache_common::aux_client::AuxClient;
 use shardcache_common::version::HybridClock;
-use shardcache_common::wire::{AuxStoreSummary, MembershipDoc};
+use shardcache_common::wire::{AuxStoreSummary, MembershipDoc, StoredGeometry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +91,8 @@ struct Member {
     store: Option<AuxStoreSummary>,
     /// Its clock against ours, from its last answer that told.
     clock: Option<ClockSample>,
+    /// The only geometry it stores, from its last answer, if it has one.
+    geometry: Option<StoredGeometry>,
 }
 
 impl Member {
@@ -105,6 +107,7 @@ impl Member {
             last_error: Some("not probed yet".into()),
             store: None,
             clock: None,
+            geometry: None,
         }
     }
 }
@@ -180,6 +183,22 @@ impl Cluster {
         }
     }
 
+    /// An error naming the aux nodes that store only another geometry than
+    /// `own` (k, m), as their last answers said: this master's shards would be
+    /// refused by them.
+    pub fn check_geometry(&self, own: StoredGeometry) -> Result<(), String> {
+        let reported: Vec<(String, Option<StoredGeometry>)> = self
+            .members
+            .lock()
+            .iter()
+            .map(|(address, member)| {
+                let name = member.id.as_deref().unwrap_or(address).to_owned();
+                (name, member.geometry)
+            })
+            .collect();
+        geometry_mismatch(own, &reported).map_or(Ok(()), Err)
+    }
+
     /// Whether some aux node's clock is off the others' by more than the bound.
     pub fn any_clock_off(&self) -> bool {
         !self.clocks_off.lock().is_empty()
@@ -251,4 +270,73 @@ fn slots_of(members: &BTreeMap<String, Member>) -> (Slots, BTreeSet<(Arc<str>, S
         }
     }
     (slots, duplicates)
+}
+
+/// The complaint about aux nodes (by name) configured for another geometry than
+/// `own`, if any is. Nodes that take any geometry, or have not answered, are fine.
+fn geometry_mismatch(
+    own: StoredGeometry,
+    reported: &[(String, Option<StoredGeometry>)],
+) -> Option<String> {
+    let others: Vec<String> = reported
+        .iter()
+        .filter_map(|(name, geometry)| match geometry {
+            Some(theirs) if *theirs != own => Some(format!(
+                "{name} stores {}+{}",
+                theirs.data_shards, theirs.parity_shards
+            )),
+            _ => None,
+        })
+        .collect();
+    (!others.is_empty()).then(|| {
+        format!(
+            "this master writes {}+{} shards (--data-shards {} --parity-shards {}), but {}: give masters and aux nodes the same --data-shards and --parity-shards",
+            own.data_shards,
+            own.parity_shards,
+            own.data_shards,
+            own.parity_shards,
+            others.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod geometry_tests {
+    use super::*;
+
+    #[test]
+    fn only_nodes_configured_for_another_geometry_are_a_mismatch() {
+        let geometry = |data_shards, parity_shards| {
+            Some(StoredGeometry {
+                data_shards,
+                parity_shards,
+            })
+        };
+        let own = geometry(3, 2).unwrap();
+        let nodes = |reported: &[Option<StoredGeometry>]| -> Vec<(String, Option<StoredGeometry>)> {
+            reported
+                .iter()
+                .enumerate()
+                .map(|(index, geometry)| (format!("aux-{index}"), *geometry))
+                .collect()
+        };
+        assert_eq!(geometry_mismatch(own, &nodes(&[])), None);
+        assert_eq!(
+            geometry_mismatch(own, &nodes(&[geometry(3, 2), None, geometry(3, 2)])),
+            None
+        );
+        let problem = geometry_mismatch(
+            own,
+            &nodes(&[geometry(3, 2), geometry(2, 3), None, geometry(1, 2)]),
+        )
+        .unwrap();
+        assert!(
+            problem.starts_with("this master writes 3+2 shards"),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("but aux-1 stores 2+3, aux-3 stores 1+2:"),
+            "{problem}"
+        );
+    }
 }

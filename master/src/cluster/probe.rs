@@ -149,6 +149,7 @@ impl Member {
         self.failures = 0;
         self.last_error = None;
         self.store = Some(health.store);
+        self.geometry = health.geometry;
     }
 
     /// Counts a failed probe; returns the state the failures so far call for.
