@@ -414,6 +414,20 @@ mod tests {
         app.clone().oneshot(request).await.unwrap()
     }
 
+    /// Sends `frames` in one multi-put, which must answer 200, and decodes the answers.
+    async fn multi_put(app: &Router, frames: &[Bytes]) -> Vec<PutAnswer> {
+        let response = send(
+            app,
+            "POST",
+            wire::MULTI_PUT_PATH,
+            multi_put::encode_request(frames),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        multi_put::decode_response(&body, frames.len()).unwrap()
+    }
+
     #[tokio::test]
     async fn put_then_get_returns_the_same_frame_for_awkward_keys() {
         let app = test_app();
@@ -547,16 +561,7 @@ mod tests {
         let mut ours = frame("ours", 9);
         (ours.data_shards, ours.parity_shards) = (3, 2);
         let frames = [ours.encode(), frame("theirs", 9).encode()];
-        let response = send(
-            &app,
-            "POST",
-            wire::MULTI_PUT_PATH,
-            multi_put::encode_request(&frames),
-        )
-        .await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let answers = multi_put::decode_response(&body, frames.len()).unwrap();
+        let answers = multi_put(&app, &frames).await;
         assert_eq!(answers[0], PutAnswer::Stored);
         assert!(
             matches!(&answers[1], PutAnswer::Refused { status: 400, reason } if reason.contains("--data-shards")),
@@ -589,16 +594,7 @@ mod tests {
             Bytes::from(corrupt),
             frame("future", (unix_millis() + 30_000) << 16).encode(),
         ];
-        let response = send(
-            &app,
-            "POST",
-            wire::MULTI_PUT_PATH,
-            multi_put::encode_request(&frames),
-        )
-        .await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let answers = multi_put::decode_response(&body, frames.len()).unwrap();
+        let answers = multi_put(&app, &frames).await;
         assert_eq!(answers[0], PutAnswer::Stored);
         assert_eq!(
             answers[1],
