@@ -415,7 +415,7 @@ mod tests {
     }
 
     /// Sends `frames` in one multi-put, which must answer 200, and decodes the answers.
-    async fn multi_put(app: &Router, frames: &[Bytes]) -> Vec<PutAnswer> {
+    async fn send_multi_put(app: &Router, frames: &[Bytes]) -> Vec<PutAnswer> {
         let response = send(
             app,
             "POST",
@@ -561,7 +561,7 @@ mod tests {
         let mut ours = frame("ours", 9);
         (ours.data_shards, ours.parity_shards) = (3, 2);
         let frames = [ours.encode(), frame("theirs", 9).encode()];
-        let answers = multi_put(&app, &frames).await;
+        let answers = send_multi_put(&app, &frames).await;
         assert_eq!(answers[0], PutAnswer::Stored);
         assert!(
             matches!(&answers[1], PutAnswer::Refused { status: 400, reason } if reason.contains("--data-shards")),
@@ -594,7 +594,7 @@ mod tests {
             Bytes::from(corrupt),
             frame("future", (unix_millis() + 30_000) << 16).encode(),
         ];
-        let answers = multi_put(&app, &frames).await;
+        let answers = send_multi_put(&app, &frames).await;
         assert_eq!(answers[0], PutAnswer::Stored);
         assert_eq!(
             answers[1],
