@@ -307,6 +307,9 @@ impl MasterMetrics {
         for op in ["write", "delete"] {
             metrics.write_quorum_failures.with_label_values(&[op]);
         }
+        for seen_by in ["read", "repair"] {
+            metrics.foreign_shards.with_label_values(&[seen_by]);
+        }
         for state in ["up", "suspect", "down"] {
             metrics.nodes_by_state.with_label_values(&[state]);
         }
