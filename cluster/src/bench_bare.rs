@@ -64,9 +64,10 @@ async fn serve(args: BenchBareArgs) -> anyhow::Result<()> {
         DRAIN_TIMEOUT,
     );
     // The master's serve loop and its default connection limits.
-    let limits = master_defaults().server_limits();
+    let defaults = master_defaults();
+    let limits = defaults.server_limits();
     tokio::select! {
-        () = server::serve(listener, app(), limits, shutdown.requested()) => {}
+        () = server::serve(listener, app_with(&defaults), limits, shutdown.requested()) => {}
         () = shutdown.drain_deadline() => {}
     }
     Ok(())
@@ -89,8 +90,12 @@ type Shared = Arc<Store>;
 
 /// The bare server's router: the master's data routes and layers, minus metrics.
 pub fn app() -> Router {
-    let defaults = master_defaults();
-    let limits = Limits::from_config(&defaults);
+    app_with(&master_defaults())
+}
+
+/// [`app`] with the input limits and clock bound of `defaults`.
+fn app_with(defaults: &MasterConfig) -> Router {
+    let limits = Limits::from_config(defaults);
     let store = Arc::new(Store {
         values: Mutex::new(HashMap::new()),
         clock: HybridClock::with_random_writer(defaults.max_clock_skew.0),

@@ -102,6 +102,17 @@ pub enum ForeignShardSeenBy {
     Repair,
 }
 
+impl ForeignShardSeenBy {
+    const ALL: [ForeignShardSeenBy; 2] = [ForeignShardSeenBy::Read, ForeignShardSeenBy::Repair];
+
+    fn label(self) -> &'static str {
+        match self {
+            ForeignShardSeenBy::Read => "read",
+            ForeignShardSeenBy::Repair => "repair",
+        }
+    }
+}
+
 /// Which request missed the write quorum, the `op` label.
 #[derive(Clone, Copy, Debug)]
 pub enum QuorumOp {
@@ -307,8 +318,8 @@ impl MasterMetrics {
         for op in ["write", "delete"] {
             metrics.write_quorum_failures.with_label_values(&[op]);
         }
-        for seen_by in ["read", "repair"] {
-            metrics.foreign_shards.with_label_values(&[seen_by]);
+        for seen_by in ForeignShardSeenBy::ALL {
+            metrics.foreign_shards.with_label_values(&[seen_by.label()]);
         }
         for state in ["up", "suspect", "down"] {
             metrics.nodes_by_state.with_label_values(&[state]);
@@ -350,11 +361,9 @@ impl MasterMetrics {
 
     /// Counts a shard of another geometry that a read or repair (`seen_by`) ignored.
     pub fn foreign_shard(&self, seen_by: ForeignShardSeenBy) {
-        let label = match seen_by {
-            ForeignShardSeenBy::Read => "read",
-            ForeignShardSeenBy::Repair => "repair",
-        };
-        self.foreign_shards.with_label_values(&[label]).inc();
+        self.foreign_shards
+            .with_label_values(&[seen_by.label()])
+            .inc();
     }
 
     pub fn read(&self, result: ReadResult) {

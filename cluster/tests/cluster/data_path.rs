@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{random_value, wait_until, TestCluster};
+use crate::support::{first_shard, random_value, wait_until, TestCluster};
 
 const KEYS: usize = 1000;
 const MAX_VALUE_BYTES: usize = 256 * 1024;
@@ -168,10 +168,6 @@ async fn miss_kind(
 /// answered `partial`, for GET and DELETE alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_says_whether_it_met_only_partial_versions() {
-    use bytes::Bytes;
-    use shardcache_common::frame::{shard_len, ShardFrame};
-    use shardcache_common::{version::Version, wire};
-
     let cluster = TestCluster::start();
     assert_eq!(cluster.set("gone", "soon").await.0, 200);
     assert_eq!(cluster.delete("gone").await.0, 200);
@@ -185,32 +181,8 @@ async fn a_miss_says_whether_it_met_only_partial_versions() {
     let key = "half-written";
     let value = b"only one shard of this ever landed";
     let owner = cluster.owners(key)[0];
-    let leftover = ShardFrame {
-        key: key.into(),
-        version: Version {
-            timestamp: shardcache_common::unix_millis() << 16,
-            writer: 7,
-        },
-        tombstone: false,
-        shard_index: 0,
-        data_shards: 3,
-        parity_shards: 2,
-        expiry_ms: 0,
-        value_len: value.len() as u64,
-        value_checksum: shardcache_common::codec::value_checksum(value),
-        payload: Bytes::copy_from_slice(&value[..shard_len(value.len() as u64, 3)]),
-    };
-    let stored = cluster
-        .http
-        .put(format!(
-            "http://{}{}",
-            cluster.cluster.aux[owner].addr,
-            wire::SHARDS_PATH
-        ))
-        .body(leftover.encode())
-        .send()
-        .await
-        .unwrap();
+    let leftover = first_shard(key, value, 3, 2);
+    let stored = cluster.put_frame(owner, &leftover).await;
     assert_eq!(stored.status(), 204);
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
         let (kind, took) = miss_kind(&cluster, method.clone(), key).await;

@@ -8,15 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use shardcache_common::frame::ShardFrame;
-use shardcache_common::version::Version;
 use shardcache_common::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use serde_json::Value;
 
-use crate::support::{wait_until, TestCluster};
+use crate::support::{first_shard, wait_until, TestCluster};
 
 /// Sends `head` to aux node 0 and returns its first response line, and how long it
 /// took; a response that does not come within `patience` fails the test.
@@ -84,32 +81,10 @@ async fn a_forged_frame_claiming_another_geometry_is_never_served() {
     cluster.wait_for_aux_items(5).await;
     // A newer version on one owner, in the 1+0 geometry: a whole value in one
     // shard, with a consistent checksum. It decodes, if anyone lets it.
-    let forged_value = b"a forged value".to_vec();
-    let forged = ShardFrame {
-        key: key.into(),
-        version: Version {
-            // Newer than the real value, and not from the future (that is refused).
-            timestamp: (shardcache_common::unix_millis() << 16) + 1,
-            writer: 7,
-        },
-        tombstone: false,
-        shard_index: 0,
-        data_shards: 1,
-        parity_shards: 0,
-        expiry_ms: 0,
-        value_len: forged_value.len() as u64,
-        value_checksum: shardcache_common::codec::value_checksum(&forged_value),
-        payload: Bytes::from(forged_value),
-    };
+    // (Newer than the real value, and not from the future: that is refused.)
+    let forged = first_shard(key, b"a forged value", 1, 0);
     let owner = cluster.owners(key)[0];
-    let addr = cluster.cluster.aux[owner].addr;
-    let stored = cluster
-        .http
-        .put(format!("http://{addr}{}", wire::SHARDS_PATH))
-        .body(forged.encode())
-        .send()
-        .await
-        .unwrap();
+    let stored = cluster.put_frame(owner, &forged).await;
     assert_eq!(
         stored.status(),
         204,
@@ -264,37 +239,12 @@ async fn aux_nodes_refuse_shards_of_another_geometry_and_say_why() {
     assert_eq!(cluster.value("k").await, None);
 
     // Directly: a frame of the nodes' geometry is taken, another refused.
-    let put = |data_shards: u8, parity_shards: u8| {
-        let value = b"a value".to_vec();
-        let frame = ShardFrame {
-            key: format!("direct {data_shards}+{parity_shards}"),
-            version: Version {
-                timestamp: shardcache_common::unix_millis() << 16,
-                writer: 7,
-            },
-            tombstone: false,
-            shard_index: 0,
-            data_shards,
-            parity_shards,
-            expiry_ms: 0,
-            value_len: value.len() as u64,
-            value_checksum: shardcache_common::codec::value_checksum(&value),
-            payload: Bytes::copy_from_slice(
-                &value[..shardcache_common::frame::shard_len(value.len() as u64, data_shards)],
-            ),
-        };
-        cluster
-            .http
-            .put(format!(
-                "http://{}{}",
-                cluster.cluster.aux[0].addr,
-                wire::SHARDS_PATH
-            ))
-            .body(frame.encode())
-            .send()
+    let direct = |data_shards: u8, parity_shards: u8| {
+        let key = format!("direct {data_shards}+{parity_shards}");
+        first_shard(&key, b"a value", data_shards, parity_shards)
     };
-    assert_eq!(put(2, 3).await.unwrap().status(), 204);
-    let refused = put(1, 0).await.unwrap();
+    assert_eq!(cluster.put_frame(0, &direct(2, 3)).await.status(), 204);
+    let refused = cluster.put_frame(0, &direct(1, 0)).await;
     assert_eq!(refused.status(), 400);
     let body: Value = refused.json().await.unwrap();
     assert!(

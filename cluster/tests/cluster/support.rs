@@ -8,8 +8,10 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shardcache::harness::{ClusterSpec, LocalCluster};
+use shardcache_common::frame::{shard_len, ShardFrame};
 use shardcache_common::ring::{Ring, DEFAULT_VNODES};
-use shardcache_common::wire::{encode_key, InventoryEntry, InventoryPage};
+use shardcache_common::version::Version;
+use shardcache_common::wire::{self, encode_key, InventoryEntry, InventoryPage};
 
 /// Runs `scripts/install-test-tools` once per test process: the tests that run
 /// Debian's tools (libfaketime, wrk, nginx) call this first, so that the README's one
@@ -238,6 +240,17 @@ impl TestCluster {
         .await;
     }
 
+    /// `PUT /v1/shards` of `frame` straight to aux node `aux`.
+    pub async fn put_frame(&self, aux: usize, frame: &ShardFrame) -> reqwest::Response {
+        let addr = self.cluster.aux[aux].addr;
+        self.http
+            .put(format!("http://{addr}{}", wire::SHARDS_PATH))
+            .body(frame.encode())
+            .send()
+            .await
+            .expect("PUT a frame")
+    }
+
     /// Every shard header aux node `aux` holds, from its inventory.
     pub async fn aux_inventory(&self, aux: usize) -> Vec<InventoryEntry> {
         let addr = self.cluster.aux[aux].addr;
@@ -379,6 +392,31 @@ async fn into_status_and_json(response: reqwest::Response) -> (StatusCode, Value
         panic!("status {status}: body is not JSON ({content_type:?}): {text:?}")
     });
     (status, body)
+}
+
+/// Shard 0 of `value` for `key` in geometry `data_shards`+`parity_shards`, with a
+/// consistent value checksum and a version stamped now (newer than any write made
+/// before this millisecond, and not from the future, which aux nodes refuse): a
+/// frame as a master would write it, for tests that put frames on aux nodes
+/// directly.
+pub fn first_shard(key: &str, value: &[u8], data_shards: u8, parity_shards: u8) -> ShardFrame {
+    ShardFrame {
+        key: key.into(),
+        version: Version {
+            timestamp: (shardcache_common::unix_millis() << 16) + 1,
+            writer: 7,
+        },
+        tombstone: false,
+        shard_index: 0,
+        data_shards,
+        parity_shards,
+        expiry_ms: 0,
+        value_len: value.len() as u64,
+        value_checksum: shardcache_common::codec::value_checksum(value),
+        payload: bytes::Bytes::copy_from_slice(
+            &value[..shard_len(value.len() as u64, data_shards)],
+        ),
+    }
 }
 
 /// Polls `condition` every 20 ms until it holds, panicking after `timeout`.

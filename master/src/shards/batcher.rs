@@ -208,7 +208,6 @@ pub struct FanOut<V> {
     answers: mpsc::UnboundedReceiver<(usize, Result<V, AuxError>)>,
     /// Whether each call is still unanswered.
     unanswered: Vec<bool>,
-    remaining: usize,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
     /// Why the calls still unanswered will never be answered, once that is known.
@@ -216,9 +215,24 @@ pub struct FanOut<V> {
 }
 
 impl<V> FanOut<V> {
+    /// Listens on `answers` for the answers to `calls` calls, until `timeout`.
+    fn new(
+        answers: mpsc::UnboundedReceiver<(usize, Result<V, AuxError>)>,
+        calls: usize,
+        timeout: Duration,
+    ) -> Self {
+        FanOut {
+            answers,
+            unanswered: vec![true; calls],
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            given_up: None,
+        }
+    }
+
     /// The next answer; `None` once every call has had one.
     pub async fn next(&mut self) -> Option<(usize, Result<V, AuxError>)> {
-        while self.remaining > 0 {
+        while self.unanswered.contains(&true) {
             if self.given_up.is_none() {
                 tokio::select! {
                     biased;
@@ -251,14 +265,9 @@ impl<V> FanOut<V> {
 
     /// Marks call `index` answered; false if it already was.
     fn take(&mut self, index: usize) -> bool {
-        let waiting = self
-            .unanswered
+        self.unanswered
             .get_mut(index)
-            .is_some_and(|waiting| std::mem::replace(waiting, false));
-        if waiting {
-            self.remaining -= 1;
-        }
-        waiting
+            .is_some_and(|waiting| std::mem::replace(waiting, false))
     }
 }
 
@@ -309,14 +318,7 @@ impl<K: BatchKind> Batcher<K> {
                 },
             );
         }
-        FanOut {
-            answers,
-            unanswered: vec![true; calls_made],
-            remaining: calls_made,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-            timeout,
-            given_up: None,
-        }
+        FanOut::new(answers, calls_made, timeout)
     }
 
     /// Queues `call` for `address` at once when there is room, else from a task of
@@ -478,6 +480,22 @@ async fn dispatch<K: BatchKind>(
 mod tests {
     use super::*;
 
+    /// A batcher that sends one call per batch and one batch at a time, with room
+    /// for `queue` calls waiting, giving up after `timeout`.
+    fn one_call_at_a_time<K: BatchKind>(timeout: Duration, queue: usize) -> Batcher<K> {
+        let settings = BatchSettings {
+            max_items: 1,
+            max_bytes: 1 << 20,
+            in_flight: 1,
+            queue,
+        };
+        Batcher::new(
+            AuxClient::new(timeout, 1 << 20),
+            settings,
+            Arc::new(MasterMetrics::new()),
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_dispatcher_ends_and_the_next_read_starts_a_fresh_one() {
         // Nothing listens on port 1: every read fails at once, which is enough here.
@@ -522,17 +540,7 @@ mod tests {
         // One call per request and one request at a time: the hung node's second
         // call waits a whole timeout for the first, so only the fan-out's own
         // deadline can answer it within one.
-        let settings = BatchSettings {
-            max_items: 1,
-            max_bytes: 1 << 20,
-            in_flight: 1,
-            queue: 16,
-        };
-        let batcher = Batcher::<Reads>::new(
-            AuxClient::new(timeout, 1 << 20),
-            settings,
-            Arc::new(MasterMetrics::new()),
-        );
+        let batcher = one_call_at_a_time::<Reads>(timeout, 16);
         let started = tokio::time::Instant::now();
         let mut calls = batcher.fan_out([
             (&hung, "a".to_owned()),
@@ -559,14 +567,7 @@ mod tests {
     async fn a_fan_out_answers_each_call_once_even_when_answers_come_after_the_deadline() {
         let (sender, answers) = mpsc::unbounded_channel();
         let timeout = Duration::from_secs(1);
-        let mut calls = FanOut::<u32> {
-            answers,
-            unanswered: vec![true; 3],
-            remaining: 3,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-            timeout,
-            given_up: None,
-        };
+        let mut calls = FanOut::<u32>::new(answers, 3, timeout);
         sender.send((2, Ok(7))).unwrap();
         assert!(matches!(calls.next().await, Some((2, Ok(7)))));
         tokio::time::sleep(timeout * 2).await;
@@ -588,14 +589,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fan_out_whose_calls_were_dropped_unanswered_says_so_at_once() {
         let (sender, answers) = mpsc::unbounded_channel::<(usize, Result<u32, AuxError>)>();
-        let mut calls = FanOut::<u32> {
-            answers,
-            unanswered: vec![true; 2],
-            remaining: 2,
-            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
-            timeout: Duration::from_secs(60),
-            given_up: None,
-        };
+        let mut calls = FanOut::<u32>::new(answers, 2, Duration::from_secs(60));
         drop(sender);
         let started = tokio::time::Instant::now();
         for index in 0..2 {
@@ -641,17 +635,7 @@ mod tests {
         });
         let timeout = Duration::from_millis(100);
         // One call per batch, one batch at a time, one call waiting in the queue.
-        let settings = BatchSettings {
-            max_items: 1,
-            max_bytes: 1 << 20,
-            in_flight: 1,
-            queue: 1,
-        };
-        let batcher = Batcher::<Writes>::new(
-            AuxClient::new(timeout, 1 << 20),
-            settings,
-            Arc::new(MasterMetrics::new()),
-        );
+        let batcher = one_call_at_a_time::<Writes>(timeout, 1);
         let mut calls = batcher.fan_out((0..10).map(|_| (&node, Bytes::from_static(b"frame"))));
         let mut answered = 0;
         while let Some((_, answer)) = calls.next().await {
