@@ -1,6 +1,6 @@
 //! The load generators `shardcache bench` runs, each as a process of its own so
 //! that it never competes with the benchmark's own code: `wrk` for the HTTP
-//! systems (with `cluster/bench/wrk-data-api.lua`), `redis-benchmark` for Redis and
+//! systems (with `cli/src/bench/wrk-data-api.lua`), `redis-benchmark` for Redis and
 //! `memaslap` (Debian's `memcaslap`) for memcached.
 //!
 //! For each it builds the command line, runs it bounded in time, reads its CPU time
@@ -18,10 +18,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::proc_stat;
+use crate::bench::proc_stat;
 
 /// The wrk script, kept in the repository and written next to each run's files.
-pub const WRK_SCRIPT: &str = include_str!("../bench/wrk-data-api.lua");
+pub const WRK_SCRIPT: &str = include_str!("wrk-data-api.lua");
 
 /// The prefix of the line the wrk script's `done()` prints.
 const WRK_RESULT_PREFIX: &str = "shardcache-wrk ";
@@ -357,7 +357,7 @@ pub fn memaslap_config(value_len: usize, sets: bool) -> String {
     };
     format!(
         "key\n{key} {key} 1\nvalue\n{value_len} {value_len} 1\ncmd\n0 {set}\n1 {get}\n",
-        key = crate::bench_support::KEY_LEN
+        key = crate::bench::support::KEY_LEN
     )
 }
 

@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::proc_stat;
+use crate::bench::proc_stat;
 
 // ---------------------------------------------------------------------------
 // Keys and values
@@ -23,13 +23,13 @@ use crate::proc_stat;
 /// Every benchmark key is this long: `k` and 15 digits.
 pub const KEY_LEN: usize = 16;
 
-/// The key of index `index`: 16 bytes. `cluster/bench/*.lua` builds the same.
+/// The key of index `index`: 16 bytes. `cli/bench/*.lua` builds the same.
 pub fn key(index: u64) -> String {
     format!("k{index:015}")
 }
 
 /// A value of `len` lowercase letters that differs from key to key: letter `j` is
-/// `'a' + (index + j) mod 26`. `cluster/bench/*.lua` builds the same.
+/// `'a' + (index + j) mod 26`. `cli/bench/*.lua` builds the same.
 pub fn value(index: u64, len: usize) -> String {
     (0..len)
         .map(|offset| char::from(b'a' + ((index as usize + offset) % 26) as u8))

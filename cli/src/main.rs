@@ -24,14 +24,14 @@ enum Command {
     Aux(shardcache_aux::AuxConfig),
     /// Measure throughput, latency and CPU per request: shardcache vs a bare server
     /// with the same API, behind nginx, with one slow aux node, and Redis and memcached.
-    Bench(shardcache::bench::BenchArgs),
+    Bench(shardcache::bench::throughput::BenchArgs),
     /// Serve the data API from an in-memory map: `bench`'s baseline.
     #[command(hide = true)]
-    BenchBare(shardcache::bench_bare::BenchBareArgs),
+    BenchBare(shardcache::bench::bare::BenchBareArgs),
     /// Measure how fast a lost aux node's shards are rebuilt.
-    BenchRepair(shardcache::repair_bench::RepairBenchArgs),
+    BenchRepair(shardcache::bench::repair::RepairBenchArgs),
     /// Measure aux memory per user byte: erasure coding vs replication vs Redis and memcached.
-    BenchMemory(shardcache::bench_memory::BenchMemoryArgs),
+    BenchMemory(shardcache::bench::memory::BenchMemoryArgs),
 }
 
 fn main() {
@@ -39,10 +39,10 @@ fn main() {
     shardcache_common::runtime::init_logging();
     let result = match command {
         Command::Up(args) => shardcache::up::up(args),
-        Command::Bench(args) => shardcache::bench::bench(args),
-        Command::BenchBare(args) => shardcache::bench_bare::bench_bare(args),
-        Command::BenchRepair(args) => shardcache::repair_bench::bench_repair(args),
-        Command::BenchMemory(args) => shardcache::bench_memory::bench_memory(args),
+        Command::Bench(args) => shardcache::bench::throughput::bench(args),
+        Command::BenchBare(args) => shardcache::bench::bare::bench_bare(args),
+        Command::BenchRepair(args) => shardcache::bench::repair::bench_repair(args),
+        Command::BenchMemory(args) => shardcache::bench::memory::bench_memory(args),
         Command::Master(config) => config.runtime.block_on(shardcache_master::serve(config)),
         Command::Aux(config) => config.runtime.block_on(shardcache_aux::serve(config)),
     };

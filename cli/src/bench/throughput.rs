@@ -5,9 +5,9 @@
 //! (`shardcache bench-bare`, an in-memory map behind the master's own JSON API);
 //! shardcache 3+2 (1 master, 6 aux nodes); 1+2 (3-way replication on the same code
 //! path); nginx in front of a 3+2 cluster with 2 masters; 3+2 with one aux node
-//! reached through a relay that holds every chunk 5 ms ([`crate::delay_proxy`]);
+//! reached through a relay that holds every chunk 5 ms ([`crate::bench::delay_proxy`]);
 //! and, for reference, `redis-server` and `memcached`. The load comes from a
-//! separate generator process — `wrk` with `cluster/bench/wrk-data-api.lua` for the
+//! separate generator process — `wrk` with `cli/src/bench/wrk-data-api.lua` for the
 //! HTTP systems, `redis-benchmark` and `memaslap` for the references — with a fixed
 //! number of keep-alive connections for a fixed time per phase: GETs of random
 //! preloaded keys, then POSTs (SETs) of random keys. Before and after, a sample of
@@ -36,18 +36,18 @@ use futures::{stream, StreamExt};
 use serde::Serialize;
 use shardcache_common::units::{ByteSize, HumanDuration};
 
-use crate::bench_support::{
+use crate::bench::delay_proxy::DelayProxy;
+use crate::bench::load_generators::{
+    self as generators, GeneratorRun, HttpOperation, LoadResult, WrkLoad,
+};
+use crate::bench::plot::{BarChart, Series};
+use crate::bench::proc_stat;
+use crate::bench::support::{
     copy_executable, encode_redis_set, ensure_installed, free_port, key, memcached_args,
     print_and_write, program_path, program_version, redis_args, shell_command, utc_date, value,
     write_file, write_section, ChildServer,
 };
-use crate::delay_proxy::DelayProxy;
 use crate::harness::{ClusterSpec, LocalCluster, Node};
-use crate::load_generators::{
-    self as generators, GeneratorRun, HttpOperation, LoadResult, WrkLoad,
-};
-use crate::plot::{BarChart, Series};
-use crate::proc_stat;
 
 /// Measure throughput, latency and CPU per request: shardcache vs a bare server
 /// with the same API, nginx in front, one slow aux node, Redis and memcached.
@@ -1166,7 +1166,7 @@ fn write_outputs(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
     )?;
     println!("raw results written to {}", json.display());
     let svg = args.output.with_extension("svg");
-    crate::plot::write_stacked_png(&charts(report), &svg, &args.plot, 1200)?;
+    crate::bench::plot::write_stacked_png(&charts(report), &svg, &args.plot, 1200)?;
     println!(
         "chart written to {} (SVG: {})",
         args.plot.display(),
@@ -1274,7 +1274,7 @@ pub fn render_section(report: &Report, plot: &Path) -> String {
     );
     out.push_str(
         "Each set-up is started fresh as processes of its own; the load generator is a \
-         separate process on the same machine (`wrk` with `cluster/bench/wrk-data-api.lua` \
+         separate process on the same machine (`wrk` with `cli/src/bench/wrk-data-api.lua` \
          for the HTTP set-ups, `redis-benchmark` and `memaslap` for the references). \
          GET reads random preloaded keys; POST (SET) writes random keys. Before and \
          after, sampled keys are read back and compared byte for byte; every response \
@@ -1417,7 +1417,7 @@ fn charts(report: &Report) -> Vec<BarChart> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load_generators::Latency;
+    use crate::bench::load_generators::Latency;
 
     fn phase(operation: &'static str, per_second: f64, p99_ms: f64, cpu_us: f64) -> PhaseResult {
         let requests = (per_second * 5.0) as u64;

@@ -146,7 +146,7 @@ pub fn bench_repair(args: RepairBenchArgs) -> anyhow::Result<()> {
     let run = run?;
 
     let report = render(&args, &command, aux_nodes, capacity, &run);
-    crate::bench_support::print_and_write(&report, &args.output)?;
+    crate::bench::support::print_and_write(&report, &args.output)?;
     if run.mismatches > 0 {
         bail!(
             "{} of {} values read back after the repair were wrong or missing",

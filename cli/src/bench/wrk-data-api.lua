@@ -1,4 +1,4 @@
--- The wrk script of `shardcache bench` (cluster/src/load_generators.rs writes it
+-- The wrk script of `shardcache bench` (cli/src/bench/load_generators.rs writes it
 -- next to the run's other files and passes the arguments):
 --
 --   wrk ... -s wrk-data-api.lua URL -- MODE KEYS VALUE_LEN
@@ -6,7 +6,7 @@
 --   MODE get:  GET /data/<key> of a random one of KEYS preloaded keys
 --   MODE post: POST /data {"key": <random key>, "value": <that key's value>}
 --
--- Keys and values are those of cluster/src/bench_support.rs: key i is "k" and 15
+-- Keys and values are those of cli/src/bench/support.rs: key i is "k" and 15
 -- digits; letter j of its value is 'a' + (i + j) mod 26. So a POST rewrites a key
 -- with the bytes it already had, and a later GET can still check them. Every
 -- request is formatted once, in init(); request() only picks one at random, so the

@@ -31,14 +31,14 @@ use futures::{stream, StreamExt};
 use serde::Serialize;
 use shardcache_common::units::{ByteSize, HumanDuration};
 
-use crate::bench_support::{
+use crate::bench::plot::{BarChart, Marker, Series};
+use crate::bench::proc_stat::read_rss;
+use crate::bench::support::{
     copy_executable, encode_memcached_set, encode_redis_set, ensure_installed, free_port, key,
     memcached_args, program_path, program_version, redis_args, shell_command, utc_date, value,
     write_file, write_section, ChildServer, KEY_LEN,
 };
 use crate::harness::{ClusterSpec, LocalCluster, Node};
-use crate::plot::{BarChart, Marker, Series};
-use crate::proc_stat::read_rss;
 
 /// Measure memory per user byte: erasure coding vs replication vs Redis and memcached.
 #[derive(Debug, Clone, clap::Args)]
@@ -849,7 +849,7 @@ fn write_outputs(args: &BenchMemoryArgs, report: &Report) -> anyhow::Result<()> 
     )?;
     println!("raw results written to {}", args.json.display());
     let svg = args.json.with_extension("svg");
-    crate::plot::write_png(&chart(report), &svg, &args.plot, 1200)?;
+    crate::bench::plot::write_png(&chart(report), &svg, &args.plot, 1200)?;
     println!(
         "chart written to {} (SVG: {})",
         args.plot.display(),
