@@ -45,6 +45,18 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_CAPACITY", default_value = "256MiB")]
     pub capacity: ByteSize,
 
+    /// How the store chooses what to evict when it is full: `s3-fifo` (new shards
+    /// stay only if read again before a tenth of the capacity has passed through;
+    /// see ARCHITECTURE.md, eviction) or `fifo` (oldest segment first, a second
+    /// chance for shards read since written: the policy before S3-FIFO).
+    #[arg(
+        long,
+        env = "SHARDCACHE_EVICTION_POLICY",
+        value_enum,
+        default_value = "s3-fifo"
+    )]
+    pub eviction_policy: crate::store::Policy,
+
     /// Largest request body accepted: one shard frame, multi-get or multi-put.
     /// Larger ones are refused with 413 before they are read. Must be at least the
     /// masters' --max-value-size / k, plus 64KiB for the frame and key.

@@ -58,7 +58,10 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
     let node_id = identity::load_or_create(config.node_id.as_deref(), &config.data_dir)?;
-    let store = Arc::new(ShardStore::new(config.capacity.bytes()));
+    let store = Arc::new(ShardStore::with_policy(
+        config.capacity.bytes(),
+        config.eviction_policy,
+    ));
     let metrics = Arc::new(AuxMetrics::new(&node_id));
     let snapshots = Arc::new(SnapshotStatus::with_duration_histogram(
         metrics.snapshot_duration.clone(),

@@ -32,6 +32,8 @@ enum Command {
     BenchRepair(shardcache::bench::repair::RepairBenchArgs),
     /// Measure aux memory per user byte: erasure coding vs replication vs Redis and memcached.
     BenchMemory(shardcache::bench::memory::BenchMemoryArgs),
+    /// Measure hit ratio at equal RAM: shardcache vs memcached ×3 and redis ×3.
+    BenchCache(shardcache::bench::cache::BenchCacheArgs),
 }
 
 fn main() {
@@ -43,6 +45,7 @@ fn main() {
         Command::BenchBare(args) => shardcache::bench::bare::bench_bare(args),
         Command::BenchRepair(args) => shardcache::bench::repair::bench_repair(args),
         Command::BenchMemory(args) => shardcache::bench::memory::bench_memory(args),
+        Command::BenchCache(args) => shardcache::bench::cache::bench_cache(args),
         Command::Master(config) => config.runtime.block_on(shardcache_master::serve(config)),
         Command::Aux(config) => config.runtime.block_on(shardcache_aux::serve(config)),
     };

@@ -1,15 +1,20 @@
-//! Making room and reclaiming it: eviction (a segment FIFO with a second chance
-//! for shards read since they were written), compaction of half-empty segments,
-//! expiry sweeps, and dropping a segment whose records cannot be read.
+//! Making room and reclaiming it: eviction (the queues of [`super::policy`]),
+//! compaction of half-empty segments, expiry sweeps, and dropping a segment whose
+//! records cannot be read.
 
+use shardcache_common::ring::key_point;
+
+use super::policy::{self, Fate, Queue};
 use super::record::RecordView;
 use super::segments::{self, segment_of};
 use super::{Emptying, Inner, Removal};
 
 impl Inner {
-    /// Evicts the oldest segments until a `len`-byte record fits in the capacity.
-    pub(super) fn make_room(&mut self, len: usize, now_ms: u64) {
-        while self.stats.bytes + self.segments.bytes_needed(len) as u64 > self.stats.capacity_bytes
+    /// Evicts the oldest segments until a `len`-byte record fits in the capacity
+    /// (appended to `queue`).
+    pub(super) fn make_room(&mut self, len: usize, queue: Queue, now_ms: u64) {
+        while self.stats.bytes + self.segments.bytes_needed(len, queue) as u64
+            > self.stats.capacity_bytes
         {
             if !self.empty_oldest(now_ms) {
                 return;
@@ -21,8 +26,25 @@ impl Inner {
         while self.stats.bytes > self.stats.capacity_bytes && self.empty_oldest(now_ms) {}
     }
 
+    /// Empties the oldest segment of the queue the policy picks (of the other
+    /// queue when that one has none); false when the store has no segment.
     pub(super) fn empty_oldest(&mut self, now_ms: u64) -> bool {
-        match self.segments.oldest() {
+        let (small, main) = (Queue::Small, Queue::Main);
+        let queue = policy::victim(
+            self.policy,
+            self.segments.allocated_in(small),
+            self.segments.allocated_in(main),
+            self.stats.capacity_bytes,
+        );
+        let other = match queue {
+            Queue::Small => main,
+            Queue::Main => small,
+        };
+        let oldest = self
+            .segments
+            .oldest(queue)
+            .or_else(|| self.segments.oldest(other));
+        match oldest {
             Some(id) => {
                 self.empty_segment(id, Emptying::Evict, now_ms);
                 true
@@ -38,10 +60,9 @@ impl Inner {
             return;
         };
         self.refresh_memory_stats();
-        let keep_budget = match how {
-            Emptying::Evict => segment.data.capacity() / 2,
-            Emptying::Compact => usize::MAX,
-        };
+        // Second chances in the main queue: at most half a segment, so that
+        // emptying a segment always frees memory.
+        let keep_budget = segment.data.capacity() / 2;
         let mut kept = 0;
         // Live records looked at (dropped or moved), and their bytes.
         let (mut seen, mut seen_bytes) = (0, 0);
@@ -64,36 +85,62 @@ impl Inner {
             };
             seen += 1;
             seen_bytes += view.len;
-            let keep = !view.is_expired(now_ms)
-                && kept + view.len <= keep_budget
-                && (how == Emptying::Compact || self.index.was_accessed(position));
-            if !keep {
-                self.index.remove(position);
-                let why = match view.is_expired(now_ms) {
-                    true => Removal::Expired,
-                    false => Removal::Evicted,
-                };
-                self.count_dropped(&view, why);
-                continue;
+            let accessed = self.index.was_accessed(position);
+            let fate = policy::fate(
+                segment.queue,
+                how,
+                accessed,
+                view.is_expired(now_ms),
+                kept + view.len <= keep_budget,
+            );
+            let queue = match fate {
+                Fate::MoveTo(queue) => queue,
+                Fate::Drop | Fate::DropToGhost => {
+                    self.index.remove(position);
+                    if fate == Fate::DropToGhost {
+                        self.ghost.insert(key_point(view.key_str()));
+                    }
+                    let why = match view.is_expired(now_ms) {
+                        true => Removal::Expired,
+                        false => Removal::Evicted,
+                    };
+                    self.count_dropped(&view, why);
+                    continue;
+                }
+            };
+            if (segment.queue, how) == (Queue::Main, Emptying::Evict) {
+                kept += view.len;
             }
-            kept += view.len;
-            self.move_record(&segment.data[start..offset], &view, position);
+            // Compaction keeps a record's accessed bit; eviction spends it.
+            let keep_accessed = how == Emptying::Compact && accessed;
+            let moved = self.move_record(&segment.data[start..offset], &view, position, queue);
+            if moved && keep_accessed {
+                self.index.mark_accessed(position);
+            }
         }
         drop(segment);
         self.segments.recycle(id);
         self.refresh_memory_stats();
     }
 
-    /// Appends a copy of a live record's bytes and points its index slot at it.
-    pub(super) fn move_record(&mut self, bytes: &[u8], view: &RecordView<'_>, position: usize) {
-        let Some(new_location) = self.segments.append(bytes) else {
+    /// Appends a copy of a live record's bytes to `queue` and points its index
+    /// slot at it (not yet read); false if the record was lost instead.
+    pub(super) fn move_record(
+        &mut self,
+        bytes: &[u8],
+        view: &RecordView<'_>,
+        position: usize,
+        queue: Queue,
+    ) -> bool {
+        let Some(new_location) = self.segments.append(bytes, queue) else {
             // The kernel refused a mapping: the record is lost to the cache.
             self.index.remove(position);
             self.count_dropped(view, Removal::Evicted);
-            return;
+            return false;
         };
         self.segments.note_expiry(new_location, view.expiry_ms);
         self.index.relocate(position, new_location);
+        true
     }
 
     pub(super) fn count_dropped(&mut self, view: &RecordView<'_>, why: Removal) {

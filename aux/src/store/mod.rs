@@ -10,12 +10,18 @@
 //! Memory per shard beyond its key and payload: the record header (24 bytes, 32
 //! with an expiry) plus an index slot (8 bytes at 85–94% load), and the slack of the
 //! segment a record sits in. Expiry needs no per-entry bookkeeping (each segment
-//! knows its earliest expiry), eviction none but one bit in the index slot.
+//! knows its earliest expiry), eviction none but one bit in the index slot and the
+//! ghost table (1/64 of the capacity).
 //!
-//! Eviction is a segment FIFO with a second chance (CLOCK at segment granularity):
-//! when the store needs room it empties its oldest segment; records read since they
-//! were written there are moved to the open segment (their accessed bit cleared, at
-//! most half a segment per eviction), the rest are dropped.
+//! Eviction is S3-FIFO at segment granularity ([`policy`]): new shards go to the
+//! small queue's segments; when the store needs room it empties the oldest segment
+//! of the small queue (while it holds over a tenth of the capacity) or else of the
+//! main queue. Records read since they were written there are moved to the main
+//! queue's open segment (their accessed bit cleared; from the main queue, at most
+//! half a segment per eviction); the rest are dropped, and those dropped from the
+//! small queue leave their key's hash in the ghost, which admits the key straight
+//! to the main queue when it is written again. `--eviction-policy fifo` keeps the
+//! main queue alone (the segment CLOCK the store had before).
 //!
 //! Invariants, all checked by the tests below:
 //! - `bytes <= capacity` after every operation, where `bytes` is the memory of every
@@ -27,8 +33,9 @@
 //!   its checksum, drop it and count it in `corrupt_records`.
 //!
 //! Files: this one holds the store's API, writes, reads and accounting; `evict`
-//! makes room and reclaims it; `listing` reads without changing anything
-//! (inventory, snapshot walk); `record`, `segments` and `index` are the parts.
+//! makes room and reclaims it; `policy` decides where records go (pure functions)
+//! and keeps the ghost; `listing` reads without changing anything (inventory,
+//! snapshot walk); `record`, `segments` and `index` are the parts.
 //!
 //! Time is passed in (`now_ms`, Unix milliseconds) rather than read here, so tests
 //! control the clock exactly. The mutex is `parking_lot`'s and is never held across
@@ -37,6 +44,7 @@
 mod evict;
 mod index;
 mod listing;
+mod policy;
 mod record;
 mod segments;
 
@@ -47,9 +55,11 @@ use shardcache_common::ring::key_point;
 use shardcache_common::version::Version;
 
 use index::{tag_of, Index};
+use policy::{Ghost, Queue};
 use record::{ExpiryForm, RecordView, Shapes};
 use segments::{segment_of, Segments};
 
+pub use policy::Policy;
 pub use record::TYPICAL_HEADER_LEN;
 
 /// What [`ShardStore::put`] did.
@@ -102,6 +112,10 @@ pub struct StoreStats {
     pub record_bytes: u64,
     pub segment_bytes: u64,
     pub index_bytes: u64,
+    /// The eviction policy's ghost table (S3-FIFO), within `bytes`.
+    pub ghost_bytes: u64,
+    /// Segment bytes in the small queue (S3-FIFO), within `segment_bytes`.
+    pub small_queue_bytes: u64,
     pub segments: u64,
     pub evictions: u64,
     pub expirations: u64,
@@ -125,9 +139,10 @@ enum Removal {
 }
 
 /// What emptying a segment does with its live records.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Emptying {
-    /// Make room: keep only records read since they were written there.
+    /// Make room: keep only records read since they were written there (see
+    /// [`policy::fate`]).
     Evict,
     /// Reclaim dead bytes: keep every live record.
     Compact,
@@ -136,6 +151,8 @@ enum Emptying {
 struct Inner {
     segments: Segments,
     index: Index,
+    policy: Policy,
+    ghost: Ghost,
     shapes: Shapes,
     /// Where a record is built before it is copied into its segment.
     scratch: Vec<u8>,
@@ -150,11 +167,20 @@ pub struct ShardStore {
 }
 
 impl ShardStore {
-    /// An empty store that will never hold more than `capacity_bytes`.
+    /// An empty store that will never hold more than `capacity_bytes`, evicting
+    /// with the default policy (S3-FIFO).
     pub fn new(capacity_bytes: u64) -> Self {
+        Self::with_policy(capacity_bytes, Policy::default())
+    }
+
+    /// An empty store that will never hold more than `capacity_bytes`, evicting
+    /// with `policy`.
+    pub fn with_policy(capacity_bytes: u64, policy: Policy) -> Self {
         let mut inner = Inner {
             segments: Segments::for_capacity(capacity_bytes),
             index: Index::default(),
+            policy,
+            ghost: Ghost::for_capacity(capacity_bytes, policy),
             shapes: Shapes::default(),
             scratch: Vec::new(),
             generation: 0,
@@ -265,12 +291,17 @@ impl ShardStore {
 impl Inner {
     fn put(&mut self, frame: &ShardFrame, now_ms: u64) -> PutResult {
         let len = record::len_of(frame);
-        // Room for the record's segment and the index as it is: or it never fits.
-        if (self.segments.footprint(len) + self.index.bytes()) as u64 > self.stats.capacity_bytes {
+        // Room for the record's segment, the index as it is and the ghost: or it
+        // never fits.
+        let fixed = self.segments.footprint(len) + self.index.bytes() + self.ghost.bytes();
+        if fixed as u64 > self.stats.capacity_bytes {
             return PutResult::TooLarge;
         }
-        let tag = tag_of(key_point(&frame.key));
+        let point = key_point(&frame.key);
+        let tag = tag_of(point);
+        let mut held_queue = None;
         if let Some((position, location)) = self.find(tag, &frame.key) {
+            held_queue = self.queue_of(location);
             let held = self
                 .view(location)
                 .ok()
@@ -301,9 +332,10 @@ impl Inner {
         } else if frame.is_expired(now_ms) {
             return PutResult::Stored;
         }
+        let queue = policy::admit(self.policy, held_queue, self.ghost.take(point));
         // Eviction may move or drop the held entry: look it up again after it.
-        self.make_room(len, now_ms);
-        let Some((new_location, written)) = self.append_frame(frame, now_ms) else {
+        self.make_room(len, queue, now_ms);
+        let Some((new_location, written)) = self.append_frame(frame, queue, now_ms) else {
             return PutResult::TooLarge;
         };
         match self.find(tag, &frame.key) {
@@ -323,14 +355,19 @@ impl Inner {
         PutResult::Stored
     }
 
-    /// Appends `frame`'s record, evicting more when no segment can be had; returns
-    /// its location and length (`record::len_of`, or 12 bytes more with an inline
-    /// shape).
-    fn append_frame(&mut self, frame: &ShardFrame, now_ms: u64) -> Option<(u64, usize)> {
+    /// Appends `frame`'s record to `queue`, evicting more when no segment can be
+    /// had; returns its location and length (`record::len_of`, or 12 bytes more
+    /// with an inline shape).
+    fn append_frame(
+        &mut self,
+        frame: &ShardFrame,
+        queue: Queue,
+        now_ms: u64,
+    ) -> Option<(u64, usize)> {
         self.scratch.clear();
         let written = record::append(frame, &mut self.shapes, &mut self.scratch);
         let location = loop {
-            if let Some(location) = self.segments.append(&self.scratch) {
+            if let Some(location) = self.segments.append(&self.scratch, queue) {
                 break location;
             }
             if !self.empty_oldest(now_ms) {
@@ -381,6 +418,13 @@ impl Inner {
                 .and_then(|bytes| RecordView::parse(bytes, shapes).ok())
                 .is_some_and(|view| view.key == key.as_bytes())
         })
+    }
+
+    /// The queue of the segment holding the record at `location`.
+    fn queue_of(&self, location: u64) -> Option<Queue> {
+        self.segments
+            .get_segment(segment_of(location))
+            .map(|segment| segment.queue)
     }
 
     fn view(&self, location: u64) -> Result<RecordView<'_>, record::RecordError> {
@@ -452,9 +496,12 @@ impl Inner {
     fn refresh_memory_stats(&mut self) {
         let segment_bytes = self.segments.allocated() as u64;
         let index_bytes = self.index.bytes() as u64;
+        let ghost_bytes = self.ghost.bytes() as u64;
         self.stats.segment_bytes = segment_bytes;
         self.stats.index_bytes = index_bytes;
-        self.stats.bytes = segment_bytes + index_bytes;
+        self.stats.ghost_bytes = ghost_bytes;
+        self.stats.small_queue_bytes = self.segments.allocated_in(Queue::Small) as u64;
+        self.stats.bytes = segment_bytes + index_bytes + ghost_bytes;
         self.stats.segments = self.segments.count() as u64;
     }
 }

@@ -7,11 +7,13 @@
 //! so evicted shards would stay resident; an unmapped segment is gone at once. A
 //! record larger than half a segment gets a segment of its own, sized to fit it.
 //!
-//! Records are only appended, to the one *open* segment; a record that is deleted,
-//! replaced, expired or moved is marked dead in place and its bytes stay until its
-//! segment is emptied (evicted from the FIFO head, compacted by the sweeper, or
-//! freed when its last live record goes). Segments are kept in the order they were
-//! opened, oldest first: that order is the eviction order and the snapshot order.
+//! Every segment belongs to one eviction [`Queue`] (small or main, see `policy`).
+//! Records are only appended, to the *open* segment of their queue; a record that
+//! is deleted, replaced, expired or moved is marked dead in place and its bytes stay
+//! until its segment is emptied (evicted from its queue's head, compacted by the
+//! sweeper, or freed when its last live record goes). Segments are kept in the order
+//! they were opened, oldest first: that order, within a queue, is the eviction
+//! order, and across queues the snapshot order.
 //!
 //! A *location* names a record: the segment id (1..=65535) above 20 bits of byte
 //! offset. It is never 0, which the index uses for an empty slot.
@@ -20,6 +22,8 @@ use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 
 use memmap2::MmapMut;
+
+use super::policy::Queue;
 
 /// Largest segment: record offsets have 20 bits.
 pub const MAX_SEGMENT_BYTES: usize = 1 << OFFSET_BITS;
@@ -87,17 +91,21 @@ pub struct Segment {
     pub next_expiry_ms: u64,
     /// Opening order, for snapshot cursors.
     pub seq: u64,
+    pub queue: Queue,
 }
 
-/// Every segment, by id, with the FIFO order and the open segment.
+/// Every segment, by id, with the FIFO order and each queue's open segment.
 pub struct Segments {
     slab: Vec<Option<Segment>>,
     free_ids: Vec<u32>,
     fifo: VecDeque<u32>,
-    open: Option<u32>,
+    /// The open segment of the small and of the main queue.
+    open: [Option<u32>; 2],
     segment_size: usize,
     /// Sum of the capacities of every segment held.
     allocated: usize,
+    /// The same, per queue (small, main).
+    allocated_in: [usize; 2],
     next_seq: u64,
 }
 
@@ -124,9 +132,10 @@ impl Segments {
             slab: vec![None],
             free_ids: Vec::new(),
             fifo: VecDeque::new(),
-            open: None,
+            open: [None; 2],
             segment_size,
             allocated: 0,
+            allocated_in: [0; 2],
             next_seq: 1,
         }
     }
@@ -134,6 +143,11 @@ impl Segments {
     /// Bytes of memory the segments hold.
     pub fn allocated(&self) -> usize {
         self.allocated
+    }
+
+    /// Bytes of memory the segments of `queue` hold.
+    pub fn allocated_in(&self, queue: Queue) -> usize {
+        self.allocated_in[queue as usize]
     }
 
     pub fn count(&self) -> usize {
@@ -154,29 +168,30 @@ impl Segments {
         }
     }
 
-    /// Memory an append of a `len`-byte record would add (0 if it fits the open one).
-    pub fn bytes_needed(&self, len: usize) -> usize {
+    /// Memory an append of a `len`-byte record to `queue` would add (0 if it fits
+    /// the queue's open segment).
+    pub fn bytes_needed(&self, len: usize, queue: Queue) -> usize {
         if self.is_large(len) {
             return page_rounded(len);
         }
-        match self.open.and_then(|id| self.get_segment(id)) {
+        match self.open[queue as usize].and_then(|id| self.get_segment(id)) {
             Some(open) if open.data.room() >= len => 0,
             _ => self.segment_size,
         }
     }
 
-    /// Appends a record and returns its location, or `None` when no segment could
-    /// be had (every id in use, or the kernel refused the mapping): the caller
-    /// evicts and retries.
-    pub fn append(&mut self, record: &[u8]) -> Option<u64> {
+    /// Appends a record to `queue` and returns its location, or `None` when no
+    /// segment could be had (every id in use, or the kernel refused the mapping):
+    /// the caller evicts and retries.
+    pub fn append(&mut self, record: &[u8], queue: Queue) -> Option<u64> {
         let len = record.len();
         let id = if self.is_large(len) {
-            self.new_segment(len)?
-        } else if self.bytes_needed(len) == 0 {
-            self.open.expect("fits the open segment")
+            self.new_segment(len, queue)?
+        } else if self.bytes_needed(len, queue) == 0 {
+            self.open[queue as usize].expect("fits the open segment")
         } else {
-            let id = self.new_segment(self.segment_size)?;
-            self.open = Some(id);
+            let id = self.new_segment(self.segment_size, queue)?;
+            self.open[queue as usize] = Some(id);
             id
         };
         let segment = self.slab[id as usize].as_mut().expect("segment exists");
@@ -187,7 +202,7 @@ impl Segments {
         Some(location(id, offset))
     }
 
-    fn new_segment(&mut self, size: usize) -> Option<u32> {
+    fn new_segment(&mut self, size: usize, queue: Queue) -> Option<u32> {
         if self.free_ids.is_empty() && self.slab.len() as u32 > MAX_SEGMENT_ID {
             return None;
         }
@@ -206,9 +221,11 @@ impl Segments {
             live_bytes: 0,
             next_expiry_ms: u64::MAX,
             seq: self.next_seq,
+            queue,
         });
         self.next_seq += 1;
         self.allocated += size;
+        self.allocated_in[queue as usize] += size;
         self.fifo.push_back(id);
         Some(id)
     }
@@ -224,9 +241,12 @@ impl Segments {
         }
     }
 
-    /// The oldest segment, to empty next.
-    pub fn oldest(&self) -> Option<u32> {
-        self.fifo.front().copied()
+    /// The oldest segment of `queue`, to empty next.
+    pub fn oldest(&self, queue: Queue) -> Option<u32> {
+        self.fifo.iter().copied().find(|&id| {
+            self.get_segment(id)
+                .is_some_and(|segment| segment.queue == queue)
+        })
     }
 
     /// Ids in FIFO order, oldest first.
@@ -235,7 +255,7 @@ impl Segments {
     }
 
     pub fn is_open(&self, id: u32) -> bool {
-        self.open == Some(id)
+        self.open.contains(&Some(id))
     }
 
     /// Takes a segment out (no more appends go to it) and gives its memory back to
@@ -244,11 +264,14 @@ impl Segments {
     /// so the taken segment's locations cannot be confused with new ones.
     pub fn take(&mut self, id: u32) -> Option<Segment> {
         let segment = self.slab.get_mut(id as usize)?.take()?;
-        if self.open == Some(id) {
-            self.open = None;
+        for open in &mut self.open {
+            if *open == Some(id) {
+                *open = None;
+            }
         }
         self.fifo.retain(|&held| held != id);
         self.allocated -= segment.data.capacity();
+        self.allocated_in[segment.queue as usize] -= segment.data.capacity();
         Some(segment)
     }
 
@@ -306,20 +329,27 @@ mod tests {
     fn records_fill_the_open_segment_then_a_new_one() {
         let mut segments = Segments::for_capacity(128 * 1024);
         assert_eq!(segments.segment_size, 4096);
-        let first = segments.append(&[1; 3000]).unwrap();
+        let first = segments.append(&[1; 3000], Queue::Main).unwrap();
         assert_eq!(
             segments.allocated(),
             4096,
             "more than half a segment: its own"
         );
-        let small = segments.append(&[2; 1500]).unwrap();
-        let next = segments.append(&[3; 1500]).unwrap();
-        let third = segments.append(&[4; 1500]).unwrap();
+        let small = segments.append(&[2; 1500], Queue::Main).unwrap();
+        let next = segments.append(&[3; 1500], Queue::Main).unwrap();
+        let third = segments.append(&[4; 1500], Queue::Main).unwrap();
+        // The other queue has an open segment of its own.
+        let other = segments.append(&[5; 100], Queue::Small).unwrap();
+        assert_ne!(segment_of(other), segment_of(third));
+        assert_eq!(segments.allocated_in(Queue::Small), 4096);
+        assert_eq!(segments.oldest(Queue::Small), Some(segment_of(other)));
+        segments.take(segment_of(other)).unwrap();
+        assert_eq!(segments.allocated_in(Queue::Small), 0);
         assert_eq!(segment_of(small), segment_of(next));
         assert_ne!(segment_of(next), segment_of(third));
         assert_eq!(segments.allocated(), 3 * 4096);
         assert_eq!(segments.bytes_at(next).unwrap()[..1500], [3; 1500]);
-        assert_eq!(segments.oldest(), Some(segment_of(first)));
+        assert_eq!(segments.oldest(Queue::Main), Some(segment_of(first)));
         let taken = segments.take(segment_of(first)).unwrap();
         assert_eq!(taken.live_records, 1);
         assert_eq!(segments.allocated(), 2 * 4096);

@@ -77,7 +77,9 @@ impl ShardStore {
         );
         assert_eq!(
             stats.bytes,
-            inner.segments.allocated() as u64 + inner.index.bytes() as u64
+            inner.segments.allocated() as u64
+                + inner.index.bytes() as u64
+                + inner.ghost.bytes() as u64
         );
         assert!(stats.bytes <= stats.capacity_bytes);
     }

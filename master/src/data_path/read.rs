@@ -1,6 +1,9 @@
 //! Reads: gather the shards of a key from its owners (and beyond them when the
 //! owners are inconclusive), take the [`verdict`] on them, decode what it names,
-//! and give owners that lack the answer's shard a copy (read-repair).
+//! and give owners that lack the answer's shard a copy (read-repair). A read that
+//! finds only the leftovers of a value too old to be a write in flight (its other
+//! shards were evicted, so it can never be read again) deletes them, version-guarded,
+//! so that they stop taking room ([`dead_leftovers`]).
 
 use std::time::Duration;
 
@@ -23,6 +26,33 @@ const PARTIAL_READ_RETRIES: u32 = 4;
 /// For this long after placement changed, a miss also asks the nodes beyond the
 /// owners: shards may not have been moved to their new owners yet.
 const RECENT_PLACEMENT_CHANGE: Duration = Duration::from_secs(300);
+
+/// Below this age a version too partial to read may be a write still landing (a
+/// write takes at most two rounds of `--shard-timeout`; masters' clocks may differ
+/// by a second): its shards are left alone. The repairer's bound too.
+const IN_FLIGHT_MS: u64 = 10_000;
+
+/// The version whose shards, and any older ones, the owners that answered may
+/// delete: when the read found only a partial version that down owners cannot
+/// complete, every owner answered and none failed (so no shard of it is
+/// elsewhere among them), and it is older than a write in flight. Such shards are
+/// dead weight: the value is a miss for good (typically because other owners
+/// evicted their shards).
+fn dead_leftovers(
+    verdict: &Verdict,
+    every_owner_answered: bool,
+    failures: usize,
+    newest: Option<Version>,
+    now_ms: u64,
+) -> Option<Version> {
+    let newest = newest?;
+    let age_ms = now_ms.saturating_sub(newest.timestamp >> 16);
+    let dead = *verdict == (Verdict::Partial { recoverable: false })
+        && every_owner_answered
+        && failures == 0
+        && age_ms >= IN_FLIGHT_MS;
+    dead.then_some(newest)
+}
 
 /// What one round of a read found: the verdict, with the value decoded.
 enum ReadOutcome {
@@ -113,6 +143,7 @@ impl DataPath {
         let verdict = verdict::verdict(&seen, self.read_floors);
         let recently_moved = view.changed_at.elapsed() < RECENT_PLACEMENT_CHANGE;
         if !verdict.is_inconclusive(recently_moved) || beyond.is_empty() {
+            self.drop_dead_leftovers(key, &owners, &seen, &verdict);
             let outcome = self.outcome(&seen, verdict);
             self.read_repair(key, &owners, &seen, &outcome);
             return outcome;
@@ -269,6 +300,47 @@ impl DataPath {
         )
     }
 
+    /// Deletes, in the background and within the read-repair budget, the shards
+    /// the owners hold of a key whose newest version is [`dead_leftovers`]. Each
+    /// delete removes only that version or older, so a write that lands meanwhile
+    /// is kept.
+    fn drop_dead_leftovers(
+        &self,
+        key: &str,
+        owners: &[Node],
+        seen: &SeenVersions,
+        verdict: &Verdict,
+    ) {
+        let every_owner_answered = owners
+            .iter()
+            .all(|owner| seen.answers.contains_key(&owner.id));
+        let newest = seen.versions.keys().next_back().copied();
+        let now_ms = shardcache_common::unix_millis();
+        let Some(version) =
+            dead_leftovers(verdict, every_owner_answered, seen.failures, newest, now_ms)
+        else {
+            return;
+        };
+        let holders = owners
+            .iter()
+            .filter(|owner| matches!(seen.answers.get(&owner.id), Some(Some(_))));
+        for owner in holders {
+            let Ok(permit) = self.read_repairs.clone().try_acquire_owned() else {
+                return;
+            };
+            let (shards, owner, key) = (self.shards.clone(), owner.clone(), key.to_owned());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match shards.delete(&owner, &key, version).await {
+                    Ok(_) => tracing::debug!(key, node = %owner.id, "deleted a dead shard"),
+                    Err(error) => {
+                        tracing::debug!(key, node = %owner.id, %error, "deleting a dead shard failed")
+                    }
+                }
+            });
+        }
+    }
+
     /// Puts `frame` on `owner` in the background, within the read-repair budget.
     fn spawn_read_repair(&self, key: &str, owner: &Node, frame: ShardFrame) {
         let Ok(permit) = self.read_repairs.clone().try_acquire_owned() else {
@@ -289,5 +361,53 @@ impl DataPath {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod dead_leftover_tests {
+    use super::*;
+
+    #[test]
+    fn only_old_partial_versions_that_every_owner_answered_for_are_dead() {
+        let now_ms = 1_000_000;
+        let version = |age_ms: u64| Version {
+            timestamp: (now_ms - age_ms) << 16,
+            writer: 1,
+        };
+        let partial = Verdict::Partial { recoverable: false };
+        let cases = [
+            // (verdict, every owner answered, failures, newest, dead)
+            (partial.clone(), true, 0, Some(version(60_000)), true),
+            (partial.clone(), true, 0, Some(version(10_000)), true),
+            // Young: maybe a write still landing.
+            (partial.clone(), true, 0, Some(version(9_999)), false),
+            // An owner did not answer or failed: it may hold the missing shards.
+            (partial.clone(), false, 0, Some(version(60_000)), false),
+            (partial.clone(), true, 1, Some(version(60_000)), false),
+            // Down owners may complete it.
+            (
+                Verdict::Partial { recoverable: true },
+                true,
+                0,
+                Some(version(60_000)),
+                false,
+            ),
+            (Verdict::Absent, true, 0, None, false),
+            (
+                Verdict::Decode(version(60_000)),
+                true,
+                0,
+                Some(version(60_000)),
+                false,
+            ),
+        ];
+        for (verdict, answered, failures, newest, dead) in cases {
+            assert_eq!(
+                dead_leftovers(&verdict, answered, failures, newest, now_ms),
+                newest.filter(|_| dead),
+                "{verdict:?} answered {answered} failures {failures} newest {newest:?}"
+            );
+        }
     }
 }
