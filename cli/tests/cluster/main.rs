@@ -8,10 +8,12 @@
 mod bad_input;
 mod batching;
 mod bench_smoke;
+mod cache_bench_smoke;
 mod clocks;
 mod concurrency;
 mod config_errors;
 mod data_path;
+mod eviction;
 mod failures;
 mod history;
 mod internal_ports;

@@ -273,12 +273,25 @@ impl Run {
     }
 }
 
+/// The figures of the run the report's prose names.
+#[derive(Debug, Serialize)]
+struct Settings {
+    keys: u64,
+    zipf: f64,
+    warm_up: u64,
+    requests: u64,
+    threads: usize,
+    aux_capacity: String,
+    reference_memory_mib: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     command: String,
     date: String,
     load_average: String,
     args: String,
+    settings: Settings,
     workloads: Vec<Workload>,
     /// Per workload, the hit ratio of an infinite cache ([`ceiling`]).
     ceilings: Vec<f64>,
@@ -352,6 +365,15 @@ pub fn bench_cache(args: BenchCacheArgs) -> anyhow::Result<()> {
         date: utc_date(SystemTime::now()),
         load_average: std::fs::read_to_string("/proc/loadavg").unwrap_or_default(),
         args: format!("{args:?}"),
+        settings: Settings {
+            keys: args.keys,
+            zipf: args.zipf,
+            warm_up: args.warm_up,
+            requests: args.requests,
+            threads: args.threads,
+            aux_capacity: args.aux_capacity.to_string(),
+            reference_memory_mib: args.reference_memory_mib,
+        },
         workloads,
         ceilings,
         setups: setups.iter().map(Setup::label).collect(),

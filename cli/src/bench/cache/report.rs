@@ -48,21 +48,30 @@ pub(super) fn render_section(report: &Report, heading: &str, plot: &Path) -> Str
             .collect::<Vec<_>>()
             .join(" ")
     );
-    out.push_str(
-        "Cache-aside (GET; SET on a miss), 8 clients, Zipf 0.99 over 150k 16-byte keys, \
-         60k warm-up then 60k counted requests per window (the defaults; see the command). \
-         **infinite cache** is the ceiling no policy can pass: the hit ratio if every key's \
-         first request missed and every later one hit (with a short warm-up, many keys are \
-         first requested in the counted window). \
-         Equal RAM: shardcache runs 6 aux nodes of `--capacity 8MiB` (48 MiB), memcached and \
-         redis three servers of 16 MiB holding three copies (a GET tries the key's primary \
-         copy, then the others; a miss SETs all three). **hit ratio** counts the Zipf \
-         requests only; **misses saved** is 1 − misses ÷ memcached ×3's misses; **scan drop** \
-         is the hit ratio of the window before a scan (2× what the 3+2 cluster holds, \
-         never-seen keys) minus the window after it; **dead shards** is the share of the \
-         cluster's shards (of one size, so of its bytes) whose key has fewer than k shards of \
-         its newest version, or that are of an older version, at the end of the counted window.\n\n",
-    );
+    let settings = &report.settings;
+    out.push_str(&format!(
+        "Cache-aside (GET; SET on a miss), {} clients, Zipf {} over {} 16-byte keys, \
+         {} warm-up then {} counted requests per window. **infinite cache** is the \
+         ceiling no policy can pass: the hit ratio if every key's first request missed \
+         and every later one hit (after a short warm-up, many keys are first requested \
+         in the counted window). Equal RAM: shardcache runs 6 aux nodes of \
+         `--capacity {}`, memcached and redis three servers of {} MiB holding three \
+         copies (a GET tries the key's primary copy, then the others; a miss SETs all \
+         three); the 100 B workload gets a quarter of that. **hit ratio** counts the \
+         Zipf requests only; **misses saved** is 1 − misses ÷ memcached ×3's misses; \
+         **scan drop** is the hit ratio of the window before a scan (2× what the 3+2 \
+         cluster holds, never-seen keys) minus the window after it; **dead shards** is \
+         the share of the cluster's shards (of one size, so of its bytes) whose key has \
+         fewer than k shards of its newest version, or that are of an older version, at \
+         the end of the counted window.\n\n",
+        settings.threads,
+        settings.zipf,
+        settings.keys,
+        settings.warm_up,
+        settings.requests,
+        settings.aux_capacity,
+        settings.reference_memory_mib,
+    ));
     out.push_str("| set-up |");
     for workload in &report.workloads {
         out.push_str(&format!(" {} |", workload.label));

@@ -92,7 +92,8 @@ pub(super) fn start(
                 false => ("memcached", "memcached"),
             };
             let program = program_path(program, package)?;
-            let memory_mib = (args.reference_memory_mib / workload.ram_divisor).max(1);
+            // memcached needs twice its largest item (1 MiB) of memory.
+            let memory_mib = (args.reference_memory_mib / workload.ram_divisor).max(2);
             let log_dir = tempfile::tempdir().context("create a temp dir for the logs")?;
             let mut servers = Vec::new();
             for copy in 0..REFERENCE_COPIES {
