@@ -60,9 +60,12 @@ impl Inner {
             return;
         };
         self.refresh_memory_stats();
-        // Second chances in the main queue: at most half a segment, so that
-        // emptying a segment always frees memory.
-        let keep_budget = segment.data.capacity() / 2;
+        // Second chances in the main queue: at most 7/8 of a segment, so that
+        // emptying a segment always frees memory. (Half a segment, the earlier
+        // bound, dropped shards read since the last pass once more than half of a
+        // segment was: 0.781 instead of 0.795 on a steady Zipf workload, see
+        // `tests::steady_state_hit_ratio_per_policy`.)
+        let keep_budget = segment.data.capacity() * 7 / 8;
         let mut kept = 0;
         // Live records looked at (dropped or moved), and their bytes.
         let (mut seen, mut seen_bytes) = (0, 0);

@@ -11,14 +11,14 @@
 //! with an expiry) plus an index slot (8 bytes at 85–94% load), and the slack of the
 //! segment a record sits in. Expiry needs no per-entry bookkeeping (each segment
 //! knows its earliest expiry), eviction none but one bit in the index slot and the
-//! ghost table (1/64 of the capacity).
+//! ghost table (1/128 of the capacity).
 //!
 //! Eviction is S3-FIFO at segment granularity ([`policy`]): new shards go to the
 //! small queue's segments; when the store needs room it empties the oldest segment
 //! of the small queue (while it holds over a tenth of the capacity) or else of the
 //! main queue. Records read since they were written there are moved to the main
 //! queue's open segment (their accessed bit cleared; from the main queue, at most
-//! half a segment per eviction); the rest are dropped, and those dropped from the
+//! 7/8 of a segment per eviction); the rest are dropped, and those dropped from the
 //! small queue leave their key's hash in the ghost, which admits the key straight
 //! to the main queue when it is written again. `--eviction-policy fifo` keeps the
 //! main queue alone (the segment CLOCK the store had before).

@@ -18,7 +18,7 @@
 //! main queue's CLOCK alone.
 //!
 //! The ghost is a direct-mapped table of 16-bit fingerprints of ring points, a
-//! fixed 1/64 of the capacity (counted in the store's bytes): inserting overwrites
+//! fixed 1/128 of the capacity (counted in the store's bytes): inserting overwrites
 //! whatever was in the slot, which ages it out like a FIFO would, at random. A false
 //! hit (1 in 65,536 per lookup) only admits a shard to the main queue.
 
@@ -29,7 +29,7 @@ use super::Emptying;
 /// Share of the capacity the small queue may hold before it is evicted from first.
 pub const SMALL_SHARE: f64 = 0.10;
 /// Share of the capacity the ghost table takes.
-const GHOST_DIVISOR: u64 = 64;
+const GHOST_DIVISOR: u64 = 128;
 
 /// The eviction policies the store implements (`--eviction-policy`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -108,7 +108,7 @@ pub struct Ghost {
 }
 
 impl Ghost {
-    /// A ghost of 1/64 of `capacity` for S3-FIFO; none for FIFO.
+    /// A ghost of 1/128 of `capacity` for S3-FIFO; none for FIFO.
     pub fn for_capacity(capacity: u64, policy: Policy) -> Ghost {
         let len = match policy {
             Policy::S3Fifo => (capacity / GHOST_DIVISOR / 2) as usize,
@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn the_ghost_remembers_until_overwritten_or_taken() {
         let mut ghost = Ghost::for_capacity(64 * 1024, Policy::S3Fifo);
-        assert_eq!(ghost.bytes(), 1024);
+        assert_eq!(ghost.bytes(), 512);
         let point = 0x1234_5678_9abc_def0;
         assert!(!ghost.take(point));
         ghost.insert(point);

@@ -536,3 +536,88 @@ fn an_unreadable_segment_is_dropped_whole_with_its_counts_when_evicted() {
     assert!(store.stats().corrupt_records > 0);
     store.check_consistency();
 }
+
+/// The cost of a put and of a get under each policy, with the store full and
+/// evicting (a measurement, not a check: `cargo test --release -p shardcache-aux
+/// -- --ignored --nocapture put_and_get_cost`).
+#[test]
+#[ignore]
+fn put_and_get_cost_per_policy() {
+    for policy in [Policy::Fifo, Policy::S3Fifo, Policy::Fifo, Policy::S3Fifo] {
+        let store = ShardStore::with_policy(8 << 20, policy);
+        let frames: Vec<ShardFrame> = (0..200_000)
+            .map(|i| frame(&format!("k{i:015}"), 1, 342, 0))
+            .collect();
+        let started = std::time::Instant::now();
+        for frame in &frames {
+            store.put(frame, 0);
+        }
+        let put_ns = started.elapsed().as_nanos() as f64 / frames.len() as f64;
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        let mut hits = 0;
+        for _ in 0..4 {
+            for frame in frames.iter().rev().take(15_000) {
+                out.clear();
+                hits += usize::from(store.get_into(&frame.key, 0, &mut out));
+            }
+        }
+        let get_ns = started.elapsed().as_nanos() as f64 / 60_000.0;
+        println!(
+            "{policy:?}: put {put_ns:.0} ns (evicting), get {get_ns:.0} ns ({hits} of 60000 hit), {} evictions",
+            store.stats().evictions
+        );
+    }
+}
+
+/// Steady-state hit ratio of each policy, cache-aside, Zipf 0.99 over 150k keys
+/// in a store that holds ~24k of them, with and without 30% one-hit wonders (a
+/// measurement: `-- --ignored --nocapture steady_state_hit_ratio`).
+#[test]
+#[ignore]
+fn steady_state_hit_ratio_per_policy() {
+    use rand::{Rng, SeedableRng};
+    let keys = 150_000usize;
+    let mut cumulative = Vec::with_capacity(keys);
+    let mut sum = 0.0;
+    for rank in 1..=keys {
+        sum += 1.0 / (rank as f64).powf(0.99);
+        cumulative.push(sum);
+    }
+    for weight in &mut cumulative {
+        *weight /= sum;
+    }
+    for wonders in [0.0, 0.3] {
+        for policy in [Policy::Fifo, Policy::S3Fifo] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let store = ShardStore::with_policy(8 << 20, policy);
+            let (mut hits, mut counted, mut unique) = (0u64, 0u64, 0u64);
+            for request in 0..360_000 {
+                let name = match rng.random::<f64>() < wonders {
+                    true => {
+                        unique += 1;
+                        format!("w{unique:015}")
+                    }
+                    false => {
+                        let draw: f64 = rng.random();
+                        let rank = cumulative.partition_point(|&c| c < draw).min(keys - 1);
+                        format!("k{rank:015}")
+                    }
+                };
+                let hit = store.get(&name, 0).is_some();
+                if !hit {
+                    store.put(&frame(&name, 1, 342, 0), 0);
+                }
+                if request >= 300_000 && name.starts_with('k') {
+                    counted += 1;
+                    hits += u64::from(hit);
+                }
+            }
+            println!(
+                "{policy:?}, {wonders} wonders: hit ratio {:.3} ({} shards held)",
+                hits as f64 / counted as f64,
+                store.stats().items
+            );
+        }
+    }
+}
