@@ -46,7 +46,7 @@ pub struct AuxConfig {
     pub capacity: ByteSize,
 
     /// How the store chooses what to evict when it is full: `s3-fifo` (new shards
-    /// stay only if read again before a tenth of the capacity has passed through;
+    /// stay only if read again before a fifth of the capacity has passed through;
     /// see ARCHITECTURE.md, eviction) or `fifo` (oldest segment first, a second
     /// chance for shards read since written: the policy before S3-FIFO).
     #[arg(

@@ -15,7 +15,7 @@
 //!
 //! Eviction is S3-FIFO at segment granularity ([`policy`]): new shards go to the
 //! small queue's segments; when the store needs room it empties the oldest segment
-//! of the small queue (while it holds over a tenth of the capacity) or else of the
+//! of the small queue (while it holds over a fifth of the capacity) or else of the
 //! main queue. Records read since they were written there are moved to the main
 //! queue's open segment (their accessed bit cleared; from the main queue, at most
 //! 7/8 of a segment per eviction); the rest are dropped, and those dropped from the
