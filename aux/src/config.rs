@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use shardcache_common::cluster_token::ClusterTokenArgs;
+use shardcache_common::geometry::Geometry;
 use shardcache_common::runtime::RuntimeArgs;
 use shardcache_common::server::ServerLimits;
 use shardcache_common::units::{ByteSize, HumanDuration};
@@ -133,9 +134,13 @@ impl AuxConfig {
         Ok(())
     }
 
-    /// The (k, m) every stored shard must have, when configured.
-    pub fn geometry(&self) -> Option<(u8, u8)> {
-        self.data_shards.zip(self.parity_shards)
+    /// The geometry every stored shard must have, when configured.
+    pub fn geometry(&self) -> Option<Geometry> {
+        let (data_shards, parity_shards) = self.data_shards.zip(self.parity_shards)?;
+        Some(Geometry {
+            data_shards,
+            parity_shards,
+        })
     }
 
     /// Largest request body the aux API accepts: `--max-request-size`, and never

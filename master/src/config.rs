@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use shardcache_common::cluster_token::ClusterTokenArgs;
 use shardcache_common::frame::MAX_KEY_BYTES;
+use shardcache_common::geometry::Geometry;
 use shardcache_common::runtime::RuntimeArgs;
 use shardcache_common::server::ServerLimits;
 use shardcache_common::units::{ByteSize, HumanDuration};
@@ -184,6 +185,15 @@ impl MasterConfig {
         ServerLimits {
             header_read_timeout: self.header_read_timeout.0,
             max_connections: self.max_connections,
+        }
+    }
+
+    /// The geometry from `--data-shards` and `--parity-shards` (checked by
+    /// [`validate`](Self::validate)).
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            data_shards: self.data_shards,
+            parity_shards: self.parity_shards,
         }
     }
 

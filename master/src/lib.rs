@@ -40,7 +40,6 @@ use shardcache_common::codec::Codec;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
 use shardcache_common::server;
-use shardcache_common::wire::StoredGeometry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -139,9 +138,8 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         data,
         repairer,
         limits: api::Limits::from_config(config),
-        geometry: api::Geometry {
-            data_shards: config.data_shards,
-            parity_shards: config.parity_shards,
+        geometry: api::GeometryReport {
+            geometry: config.geometry(),
             write_quorum: config.write_quorum(),
         },
         metrics_on_client_listener: config.metrics_listen.is_none(),
@@ -170,16 +168,12 @@ pub async fn run(
     cluster.probe_round().await;
     // Aux nodes configured for another k and m would refuse every shard.
     cluster
-        .check_geometry(StoredGeometry {
-            data_shards: config.data_shards,
-            parity_shards: config.parity_shards,
-        })
+        .check_geometry(config.geometry())
         .map_err(anyhow::Error::msg)?;
     tracing::info!(
         listen = %listener.local_addr()?,
         aux_nodes_up = cluster.view().up_nodes().len(),
-        data_shards = config.data_shards,
-        parity_shards = config.parity_shards,
+        geometry = %config.geometry(),
         write_quorum = config.write_quorum(),
         "master serving"
     );
