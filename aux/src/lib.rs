@@ -83,8 +83,12 @@ pub async fn run(
     let state = AuxState {
         store: store.clone(),
         max_frame_bytes: config.max_frame_bytes(),
-        max_clock_skew_ms: config.max_clock_skew.0.as_millis() as u64,
-        cluster_token: config.cluster_token.load().map_err(anyhow::Error::msg)?,
+        max_clock_skew_ms: config.node.max_clock_skew.0.as_millis() as u64,
+        cluster_token: config
+            .node
+            .cluster_token
+            .load()
+            .map_err(anyhow::Error::msg)?,
         geometry: config.geometry(),
         node_id: node_id.as_str().into(),
         instance: rand::random(),
@@ -92,10 +96,10 @@ pub async fn run(
         membership: Arc::new(MembershipStore::load(&config.data_dir)),
         snapshots: snapshots.clone(),
         metrics,
-        metrics_on_api_listener: config.metrics_listen.is_none(),
+        metrics_on_api_listener: config.node.metrics_listen.is_none(),
     };
     http_metrics::serve_metrics_listener(
-        config.metrics_listen,
+        config.node.metrics_listen,
         api::metrics_app(state.clone()),
         shutdown.requested(),
     )
@@ -123,15 +127,28 @@ pub async fn run(
     Ok(())
 }
 
-/// Validates the configuration, binds `config.listen`, prints `listening on ADDR`
-/// and serves until Ctrl-C/SIGTERM.
-pub async fn serve(config: AuxConfig) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let listener = runtime::bind_and_announce(config.listen)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let signal = runtime::shutdown_signal(config.stop_with_parent);
-    run(config, listener, signal).await
+/// How [`runtime::serve`] starts this node: `shardcache aux` and the
+/// `shardcache-aux` binary run `runtime::serve(config)`.
+impl runtime::NodeConfig for AuxConfig {
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn node(&self) -> &runtime::NodeArgs {
+        &self.node
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        AuxConfig::validate(self)
+    }
+
+    async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
+    }
 }
 
 /// Background worker: reclaims the memory of expired shards every `interval`.

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use shardcache_common::geometry::Geometry;
 use shardcache_common::version::Version;
 use shardcache_common::{http_limits, http_metrics};
 
@@ -47,18 +48,19 @@ pub struct AppState {
     pub data: Arc<DataPath>,
     pub repairer: Arc<Repairer>,
     pub limits: Limits,
-    pub geometry: Geometry,
+    pub geometry: GeometryReport,
     /// Serve `/metrics` on the client listener (false with `--metrics-listen`).
     pub metrics_on_client_listener: bool,
     /// Required on the admin API, `/cluster…` (see `cluster_token`).
     pub cluster_token: ClusterToken,
 }
 
-/// The erasure-coding geometry, as `/health` and `/cluster` show it.
+/// The erasure-coding geometry and the write quorum beside it, as `/health` and
+/// `/cluster` show them.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct Geometry {
-    pub data_shards: u8,
-    pub parity_shards: u8,
+pub struct GeometryReport {
+    #[serde(flatten)]
+    pub geometry: Geometry,
     pub write_quorum: u8,
 }
 
@@ -292,8 +294,8 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "status": status,
         "aux_nodes_up": up,
         "aux_nodes": total,
-        "data_shards": state.geometry.data_shards,
-        "parity_shards": state.geometry.parity_shards,
+        "data_shards": state.geometry.geometry.data_shards,
+        "parity_shards": state.geometry.geometry.parity_shards,
         "write_quorum": state.geometry.write_quorum,
         "clock": state.data.cluster().clock_report(),
     }))
@@ -318,7 +320,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 struct ClusterResponse {
     #[serde(flatten)]
     cluster: ClusterReport,
-    geometry: Geometry,
+    geometry: GeometryReport,
     read_repaired_shards: u64,
     repair: RepairStatus,
 }

@@ -98,7 +98,7 @@ fn app_with(defaults: &MasterConfig) -> Router {
     let limits = Limits::from_config(defaults);
     let store = Arc::new(Store {
         values: Mutex::new(HashMap::new()),
-        clock: HybridClock::with_random_writer(defaults.max_clock_skew.0),
+        clock: HybridClock::with_random_writer(defaults.node.max_clock_skew.0),
         limits,
     });
     let router = Router::new()

@@ -46,8 +46,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use shardcache_common::aux_client::AuxClient;
+use shardcache_common::geometry::Geometry;
 use shardcache_common::version::HybridClock;
-use shardcache_common::wire::{AuxStoreSummary, MembershipDoc, StoredGeometry};
+use shardcache_common::wire::{AuxStoreSummary, MembershipDoc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -92,7 +93,7 @@ struct Member {
     /// Its clock against ours, from its last answer that told.
     clock: Option<ClockSample>,
     /// The only geometry it stores, from its last answer, if it has one.
-    geometry: Option<StoredGeometry>,
+    geometry: Option<Geometry>,
 }
 
 impl Member {
@@ -186,8 +187,8 @@ impl Cluster {
     /// An error naming the aux nodes that store only another geometry than
     /// `own` (k, m), as their last answers said: this master's shards would be
     /// refused by them.
-    pub fn check_geometry(&self, own: StoredGeometry) -> Result<(), String> {
-        let reported: Vec<(String, Option<StoredGeometry>)> = self
+    pub fn check_geometry(&self, own: Geometry) -> Result<(), String> {
+        let reported: Vec<(String, Option<Geometry>)> = self
             .members
             .lock()
             .iter()
@@ -274,25 +275,17 @@ fn slots_of(members: &BTreeMap<String, Member>) -> (Slots, BTreeSet<(Arc<str>, S
 
 /// The complaint about aux nodes (by name) configured for another geometry than
 /// `own`, if any is. Nodes that take any geometry, or have not answered, are fine.
-fn geometry_mismatch(
-    own: StoredGeometry,
-    reported: &[(String, Option<StoredGeometry>)],
-) -> Option<String> {
+fn geometry_mismatch(own: Geometry, reported: &[(String, Option<Geometry>)]) -> Option<String> {
     let others: Vec<String> = reported
         .iter()
         .filter_map(|(name, geometry)| match geometry {
-            Some(theirs) if *theirs != own => Some(format!(
-                "{name} stores {}+{}",
-                theirs.data_shards, theirs.parity_shards
-            )),
+            Some(theirs) if *theirs != own => Some(format!("{name} stores {theirs}")),
             _ => None,
         })
         .collect();
     (!others.is_empty()).then(|| {
         format!(
-            "this master writes {}+{} shards (--data-shards {} --parity-shards {}), but {}: give masters and aux nodes the same --data-shards and --parity-shards",
-            own.data_shards,
-            own.parity_shards,
+            "this master writes {own} shards (--data-shards {} --parity-shards {}), but {}: give masters and aux nodes the same --data-shards and --parity-shards",
             own.data_shards,
             own.parity_shards,
             others.join(", ")
@@ -307,13 +300,13 @@ mod geometry_tests {
     #[test]
     fn only_nodes_configured_for_another_geometry_are_a_mismatch() {
         let geometry = |data_shards, parity_shards| {
-            Some(StoredGeometry {
+            Some(Geometry {
                 data_shards,
                 parity_shards,
             })
         };
         let own = geometry(3, 2).unwrap();
-        let nodes = |reported: &[Option<StoredGeometry>]| -> Vec<(String, Option<StoredGeometry>)> {
+        let nodes = |reported: &[Option<Geometry>]| -> Vec<(String, Option<Geometry>)> {
             reported
                 .iter()
                 .enumerate()

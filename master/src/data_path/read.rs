@@ -17,7 +17,7 @@ use super::{DataPath, Found, Miss};
 use crate::cluster::{Node, ReadPlacement};
 use crate::error::ApiError;
 use crate::metrics::ForeignShardSeenBy;
-use crate::shards::frames::{self, Geometry};
+use crate::shards::frames;
 
 /// How often a read that found only partial versions, or an unsettled newer write
 /// (racing writers), is retried.
@@ -201,7 +201,7 @@ impl DataPath {
                 // Only shards this cluster writes are decoded: a frame claiming
                 // another geometry (say k = 1, a whole value in one shard) is not
                 // trusted to stand for the key.
-                Ok(Some(frame)) if Geometry::of_frame(&frame) != Geometry::of(&self.codec) => {
+                Ok(Some(frame)) if frame.geometry() != self.codec.geometry() => {
                     tracing::warn!(
                         node = %node.id,
                         key,

@@ -31,7 +31,7 @@ use shardcache_common::version::{HybridClock, Version};
 use super::{DataPath, Miss};
 use crate::error::ApiError;
 use crate::metrics::QuorumOp;
-use crate::shards::frames::{self, Geometry};
+use crate::shards::frames;
 use shardcache_common::codec::Codec;
 
 /// Which version of a write is being stored (see the module docs).
@@ -77,7 +77,7 @@ impl DataPath {
         };
         self.clock.observe(found.version);
         let expiry_ms = (self.tombstone_ttl.as_millis() as u64).max(1);
-        let geometry = Geometry::of(&self.codec);
+        let geometry = self.codec.geometry();
         self.store_versions(key, QuorumOp::Delete, |version| {
             frames::encoded_tombstones(key, version, geometry, expiry_ms)
         })

@@ -11,34 +11,8 @@
 use bytes::Bytes;
 use shardcache_common::codec::{value_checksum, Codec, CodecError};
 use shardcache_common::frame::ShardFrame;
+use shardcache_common::geometry::Geometry;
 use shardcache_common::version::Version;
-
-/// Data and parity shard counts, as a frame carries them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    pub data_shards: u8,
-    pub parity_shards: u8,
-}
-
-impl Geometry {
-    pub fn of(codec: &Codec) -> Self {
-        Geometry {
-            data_shards: codec.data_shards(),
-            parity_shards: codec.parity_shards(),
-        }
-    }
-
-    pub fn of_frame(frame: &ShardFrame) -> Self {
-        Geometry {
-            data_shards: frame.data_shards,
-            parity_shards: frame.parity_shards,
-        }
-    }
-
-    pub fn total(self) -> usize {
-        usize::from(self.data_shards) + usize::from(self.parity_shards)
-    }
-}
 
 /// The tombstone for shard `index` of `key` at `version`; a write's frames are
 /// this plus the value's length, checksum and payload.
@@ -94,7 +68,7 @@ pub fn encoded_value(
                 value_len: value.len() as u64,
                 value_checksum: checksum,
                 payload: Bytes::from(shard),
-                ..tombstone(key, version, index, Geometry::of(codec), expiry_ms)
+                ..tombstone(key, version, index, codec.geometry(), expiry_ms)
             }
             .encode()
         })
@@ -142,7 +116,7 @@ fn with_codec<R>(
     frame: &ShardFrame,
     work: impl FnOnce(&Codec) -> R,
 ) -> Result<R, CodecError> {
-    if (frame.data_shards, frame.parity_shards) == (codec.data_shards(), codec.parity_shards()) {
+    if frame.geometry() == codec.geometry() {
         Ok(work(codec))
     } else {
         Ok(work(&Codec::new(frame.data_shards, frame.parity_shards)?))
