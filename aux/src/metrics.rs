@@ -28,6 +28,8 @@ pub struct AuxMetrics {
     items: IntGauge,
     bytes: IntGauge,
     capacity: IntGauge,
+    small_queue_bytes: IntGauge,
+    ghost_bytes: IntGauge,
     evictions: IntCounter,
     expirations: IntCounter,
     rejected_puts: IntCounter,
@@ -65,9 +67,17 @@ impl AuxMetrics {
                 "Bytes charged against the capacity: keys, frames and per-entry bookkeeping.",
             )?,
             capacity: r.gauge("store_capacity_bytes", "The --capacity limit.")?,
+            small_queue_bytes: r.gauge(
+                "store_small_queue_bytes",
+                "Segment bytes in the eviction policy's small queue (S3-FIFO: new shards not yet read again), within store_bytes.",
+            )?,
+            ghost_bytes: r.gauge(
+                "store_ghost_bytes",
+                "Bytes of the eviction policy's ghost table (S3-FIFO: keys recently dropped unread), within store_bytes.",
+            )?,
             evictions: r.counter(
                 "store_evictions_total",
-                "Shards evicted (oldest segment first, shards read since kept) to stay within capacity.",
+                "Shards evicted to stay within capacity (S3-FIFO: unread shards of the small queue's oldest segment, or of the main queue's).",
             )?,
             expirations: r.counter(
                 "store_expirations_total",
@@ -105,6 +115,8 @@ impl AuxMetrics {
         self.items.set(store.items as i64);
         self.bytes.set(store.bytes as i64);
         self.capacity.set(store.capacity_bytes as i64);
+        self.small_queue_bytes.set(store.small_queue_bytes as i64);
+        self.ghost_bytes.set(store.ghost_bytes as i64);
         advance(&self.evictions, store.evictions);
         advance(&self.expirations, store.expirations);
         advance(&self.rejected_puts, store.superseded_puts);
@@ -118,5 +130,31 @@ impl AuxMetrics {
         );
         self.restored.set(snapshot.restored.loaded as i64);
         http_metrics::exposition(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eviction_policys_queues_are_exported() {
+        let metrics = AuxMetrics::new("aux-test");
+        let store = StoreStats {
+            small_queue_bytes: 123,
+            ghost_bytes: 456,
+            ..StoreStats::default()
+        };
+        metrics.render(&store, &SnapshotReport::default());
+        let gauge = |name: &str| {
+            metrics
+                .registry
+                .gather()
+                .iter()
+                .find(|family| family.get_name() == name)
+                .map(|family| family.get_metric()[0].get_gauge().get_value())
+        };
+        assert_eq!(gauge("shardcache_aux_store_small_queue_bytes"), Some(123.0));
+        assert_eq!(gauge("shardcache_aux_store_ghost_bytes"), Some(456.0));
     }
 }
