@@ -151,7 +151,7 @@ mod tests {
                 .registry
                 .gather()
                 .iter()
-                .find(|family| family.get_name() == name)
+                .find(|family| family.name() == name)
                 .map(|family| family.get_metric()[0].get_gauge().get_value())
         };
         assert_eq!(gauge("shardcache_aux_store_small_queue_bytes"), Some(123.0));
