@@ -11,7 +11,11 @@ use super::{ShardCensus, INVENTORY_PAGE};
 use crate::harness::LocalCluster;
 
 /// The aux nodes' inventories merged into a [`ShardCensus`].
-pub(super) fn census(cluster: &LocalCluster, data_shards: u8) -> anyhow::Result<ShardCensus> {
+pub(super) fn census(
+    cluster: &LocalCluster,
+    data_shards: u8,
+    total_shards: u8,
+) -> anyhow::Result<ShardCensus> {
     let mut shards = Vec::new();
     for node in &cluster.aux {
         let mut http = Http::connect(node.addr)?;
@@ -45,12 +49,16 @@ pub(super) fn census(cluster: &LocalCluster, data_shards: u8) -> anyhow::Result<
             }
         }
     }
-    Ok(count_dead(&shards, data_shards))
+    Ok(count_dead(&shards, data_shards, total_shards))
 }
 
 /// Counts the shards that cannot serve their key: of a key with fewer than `k`
 /// distinct shard indices of its newest version, or of an older version.
-pub(super) fn count_dead(shards: &[(String, Version, u8)], data_shards: u8) -> ShardCensus {
+pub(super) fn count_dead(
+    shards: &[(String, Version, u8)],
+    data_shards: u8,
+    total_shards: u8,
+) -> ShardCensus {
     let mut newest: HashMap<&str, (Version, Vec<u8>)> = HashMap::new();
     for (key, version, index) in shards {
         let entry = newest.entry(key).or_insert((*version, Vec::new()));
@@ -68,9 +76,16 @@ pub(super) fn count_dead(shards: &[(String, Version, u8)], data_shards: u8) -> S
             version < newest_version || indices.len() < usize::from(data_shards)
         })
         .count();
+    let missing_from_readable = newest
+        .values()
+        .map(|(_, indices)| indices.len())
+        .filter(|&held| held >= usize::from(data_shards))
+        .map(|held| usize::from(total_shards).saturating_sub(held) as u64)
+        .sum();
     ShardCensus {
         shards: shards.len() as u64,
         dead: dead as u64,
+        missing_from_readable,
     }
 }
 
@@ -103,24 +118,44 @@ mod tests {
         let shard = |key: &str, ms, index| (key.to_owned(), version(ms), index);
         type Shards = Vec<(String, Version, u8)>;
         let cases: Vec<(Shards, u8, ShardCensus)> = vec![
-            (vec![], 3, ShardCensus { shards: 0, dead: 0 }),
+            (
+                vec![],
+                3,
+                ShardCensus {
+                    shards: 0,
+                    dead: 0,
+                    missing_from_readable: 0,
+                },
+            ),
             // Three distinct indices of one version: alive.
             (
                 vec![shard("a", 1, 0), shard("a", 1, 1), shard("a", 1, 2)],
                 3,
-                ShardCensus { shards: 3, dead: 0 },
+                ShardCensus {
+                    shards: 3,
+                    dead: 0,
+                    missing_from_readable: 2,
+                },
             ),
             // Two left of three needed: both dead.
             (
                 vec![shard("a", 1, 0), shard("a", 1, 4)],
                 3,
-                ShardCensus { shards: 2, dead: 2 },
+                ShardCensus {
+                    shards: 2,
+                    dead: 2,
+                    missing_from_readable: 0,
+                },
             ),
             // The same index twice counts once.
             (
                 vec![shard("a", 1, 0), shard("a", 1, 0), shard("a", 1, 1)],
                 3,
-                ShardCensus { shards: 3, dead: 3 },
+                ShardCensus {
+                    shards: 3,
+                    dead: 3,
+                    missing_from_readable: 0,
+                },
             ),
             // An older version beside a decodable newer one is dead weight.
             (
@@ -131,17 +166,25 @@ mod tests {
                     shard("a", 1, 3),
                 ],
                 3,
-                ShardCensus { shards: 4, dead: 1 },
+                ShardCensus {
+                    shards: 4,
+                    dead: 1,
+                    missing_from_readable: 2,
+                },
             ),
             // Replication (k = 1): one copy is enough.
             (
                 vec![shard("b", 1, 2)],
                 1,
-                ShardCensus { shards: 1, dead: 0 },
+                ShardCensus {
+                    shards: 1,
+                    dead: 0,
+                    missing_from_readable: 2,
+                },
             ),
         ];
         for (shards, k, expected) in cases {
-            assert_eq!(count_dead(&shards, k), expected, "{shards:?} k={k}");
+            assert_eq!(count_dead(&shards, k, k + 2), expected, "{shards:?} k={k}");
         }
     }
 }

@@ -243,6 +243,10 @@ impl Counts {
 struct ShardCensus {
     shards: u64,
     dead: u64,
+    /// Shards a full repair pass would rebuild for values still readable (fewer
+    /// than k+m distinct shards, at least k): what owners evicted and repair would
+    /// put back.
+    missing_from_readable: u64,
 }
 
 impl ShardCensus {
@@ -398,9 +402,10 @@ fn print_run(run: &Run) {
     }
     if let Some(census) = run.census {
         line.push_str(&format!(
-            ", dead shards {:.1}% of {}",
+            ", dead shards {:.1}% of {} (a repair pass would rebuild {} evicted shards of readable values)",
             100.0 * census.dead_fraction(),
-            census.shards
+            census.shards,
+            census.missing_from_readable
         ));
     }
     println!("{line} in {:.0} s", run.seconds);

@@ -169,7 +169,7 @@ pub(super) fn drive(
             cluster,
             data_shards,
             ..
-        } => Some(census(cluster, *data_shards)?),
+        } => Some(census(cluster, *data_shards, total_shards(cluster))?),
         Started::References { .. } => None,
     };
     let after_scan = match workload.scan {
@@ -305,4 +305,9 @@ pub(super) fn run_phase(
         counts.add(result?);
     }
     Ok(counts)
+}
+
+/// k+m of a running cluster.
+fn total_shards(cluster: &LocalCluster) -> u8 {
+    cluster.spec.data_shards + cluster.spec.parity_shards
 }
