@@ -35,29 +35,29 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Shared state of the aux routes.
 #[derive(Clone)]
-pub struct AuxState {
-    pub store: Arc<ShardStore>,
-    pub max_frame_bytes: usize,
+pub(crate) struct AuxState {
+    pub(crate) store: Arc<ShardStore>,
+    pub(crate) max_frame_bytes: usize,
     /// `--max-clock-skew` in milliseconds: the furthest ahead of this node's clock
     /// a stored version may be stamped.
-    pub max_clock_skew_ms: u64,
+    pub(crate) max_clock_skew_ms: u64,
     /// Required on every internal route (see `cluster_token`).
-    pub cluster_token: ClusterToken,
+    pub(crate) cluster_token: ClusterToken,
     /// `--data-shards`, `--parity-shards`: the only (k, m) stored, when given.
-    pub geometry: Option<Geometry>,
-    pub node_id: Arc<str>,
+    pub(crate) geometry: Option<Geometry>,
+    pub(crate) node_id: Arc<str>,
     /// Random per process start (see [`AuxHealth::instance`]).
-    pub instance: u64,
-    pub leases: Arc<Leases>,
-    pub membership: Arc<MembershipStore>,
-    pub snapshots: Arc<SnapshotStatus>,
-    pub metrics: Arc<AuxMetrics>,
+    pub(crate) instance: u64,
+    pub(crate) leases: Arc<Leases>,
+    pub(crate) membership: Arc<MembershipStore>,
+    pub(crate) snapshots: Arc<SnapshotStatus>,
+    pub(crate) metrics: Arc<AuxMetrics>,
     /// Serve `/metrics` on the API listener (false with `--metrics-listen`).
-    pub metrics_on_api_listener: bool,
+    pub(crate) metrics_on_api_listener: bool,
 }
 
 /// The aux node's router.
-pub fn app(state: AuxState) -> Router {
+pub(crate) fn app(state: AuxState) -> Router {
     let mut router = Router::new();
     if state.metrics_on_api_listener {
         router = router.route("/metrics", get(metrics));
@@ -93,7 +93,7 @@ pub fn app(state: AuxState) -> Router {
 }
 
 /// The router of the separate `--metrics-listen` address: `/metrics` only.
-pub fn metrics_app(state: AuxState) -> Router {
+pub(crate) fn metrics_app(state: AuxState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .fallback(no_route)

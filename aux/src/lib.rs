@@ -13,15 +13,15 @@
 //! - [`api`]: the HTTP routes ([`app`]); [`metrics`]: the Prometheus metrics.
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
-pub mod api;
+mod api;
 pub mod config;
-pub mod identity;
-pub mod lease;
-pub mod membership;
-pub mod metrics;
-pub mod snapshot;
-pub mod snapshotter;
-pub mod store;
+mod identity;
+mod lease;
+mod membership;
+mod metrics;
+mod snapshot;
+mod snapshotter;
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use shardcache_common::server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use api::{app, AuxState};
+use api::{app, AuxState};
 pub use config::AuxConfig;
 use membership::MembershipStore;
 use metrics::AuxMetrics;

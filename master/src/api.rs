@@ -1,6 +1,11 @@
-//! The master's client API — `POST /data`, `GET`/`DELETE /data/{key}`, `GET /health`,
-//! `GET /ready`, `GET /metrics` — and its admin API: `GET /cluster`,
+//! The master's client API — `POST /data`, `GET`/`HEAD`/`PUT`/`DELETE /data/{key}`,
+//! `GET /health`, `GET /ready`, `GET /metrics` — and its admin API: `GET /cluster`,
 //! `POST /cluster/nodes`, `DELETE /cluster/nodes/{id}`.
+//!
+//! `PUT` stores its body as it is; `GET` answers JSON, or the bytes when the client
+//! asks for `application/octet-stream`, with an `ETag` per representation, `304` for
+//! a matching `If-None-Match`, and the time left in `shardcache-ttl`
+//! ([`crate::negotiation`]). `HEAD` is axum's: the `GET` handler, body dropped.
 //!
 //! Handlers validate input and translate between JSON and the [`DataPath`] or the
 //! [`crate::cluster::Cluster`]; they hold no state of their own.
@@ -8,8 +13,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, Method, Uri};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, VARY,
+};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,12 +30,13 @@ use shardcache_common::geometry::Geometry;
 use shardcache_common::version::Version;
 use shardcache_common::{http_limits, http_metrics};
 
-use crate::cluster::ClusterReport;
+use crate::cluster::{Cluster, ClusterReport};
 use crate::config::{MasterConfig, MAX_TTL_SECONDS};
 use crate::data_path::{DataPath, Miss};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
-use crate::metrics::{ClockFigures, ReadResult};
+use crate::metrics::{ClockFigures, MasterMetrics};
+use crate::negotiation::{self, Representation};
 use crate::repair::{RepairStatus, Repairer};
 use shardcache_common::cluster_token::{self, ClusterToken};
 
@@ -37,6 +48,10 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
 pub const VERSION_HEADER: HeaderName = HeaderName::from_static("shardcache-version");
 
+/// Time a value has left to live, in whole seconds rounded up: on answers for values
+/// written with a TTL; as a request header of `PUT /data/{key}`, the TTL to set.
+pub const TTL_HEADER: HeaderName = HeaderName::from_static("shardcache-ttl");
+
 /// Response header of a 404 for a key: `absent`, or `partial` when the read met only
 /// partial versions (writers racing on the key) and answered a miss after its
 /// retries ([`Miss`]).
@@ -45,14 +60,16 @@ pub const MISS_HEADER: HeaderName = HeaderName::from_static("shardcache-miss");
 /// Shared state of the master's routes.
 #[derive(Clone)]
 pub struct AppState {
-    pub data: Arc<DataPath>,
-    pub repairer: Arc<Repairer>,
-    pub limits: Limits,
-    pub geometry: GeometryReport,
+    pub(crate) data: Arc<DataPath>,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) metrics: Arc<MasterMetrics>,
+    pub(crate) repairer: Arc<Repairer>,
+    pub(crate) limits: Limits,
+    pub(crate) geometry: GeometryReport,
     /// Serve `/metrics` on the client listener (false with `--metrics-listen`).
-    pub metrics_on_client_listener: bool,
+    pub(crate) metrics_on_client_listener: bool,
     /// Required on the admin API, `/cluster…` (see `cluster_token`).
-    pub cluster_token: ClusterToken,
+    pub(crate) cluster_token: ClusterToken,
 }
 
 /// The erasure-coding geometry and the write quorum beside it, as `/health` and
@@ -98,8 +115,11 @@ pub fn app(state: AppState) -> Router {
         ));
     let router = router
         .route("/data", post(set_value))
-        .route("/data/", get(empty_key).delete(empty_key))
-        .route("/data/{*key}", get(get_value).delete(delete_value))
+        .route("/data/", get(empty_key).put(empty_key).delete(empty_key))
+        .route(
+            "/data/{*key}",
+            get(get_value).put(put_value).delete(delete_value),
+        )
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(admin)
@@ -107,7 +127,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     http_limits::apply(router, state.limits.max_body_bytes, REQUEST_DEADLINE)
         .layer(middleware::from_fn_with_state(
-            state.data.metrics().http.clone(),
+            state.metrics.http.clone(),
             http_metrics::track,
         ))
         .with_state(state)
@@ -123,12 +143,12 @@ pub fn metrics_app(state: AppState) -> Router {
 
 /// Prometheus text format; see [`crate::metrics`].
 async fn metrics(State(state): State<AppState>) -> Response {
-    let view = state.data.cluster().view();
+    let view = state.cluster.view();
     let nodes = view
         .node_states()
         .map(|(node, state)| (node, state.as_str()));
     let repair = state.repairer.status().sample();
-    let report = state.data.cluster().report();
+    let report = state.cluster.report();
     let clocks = ClockFigures {
         lead_seconds: report.clock.lead_ms.map(|ms| ms as f64 / 1e3),
         beyond_bound: report.clock.beyond_bound,
@@ -160,11 +180,7 @@ impl SetRequest {
     pub fn validate(&self, limits: &Limits) -> Result<Option<Duration>, ApiError> {
         validate_key(&self.key, limits)?;
         if self.value.len() > limits.max_value_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "value is {} bytes, the limit is {}",
-                self.value.len(),
-                limits.max_value_bytes
-            )));
+            return Err(value_too_large(self.value.len(), limits.max_value_bytes));
         }
         match self.ttl {
             None => Ok(None),
@@ -216,8 +232,10 @@ pub fn deleted(key: &str) -> Response {
 
 async fn set_value(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<SetRequest>,
 ) -> Result<Response, ApiError> {
+    refuse_conditions(&headers)?;
     let ttl = request.validate(&state.limits)?;
     let version = state
         .data
@@ -229,38 +247,140 @@ async fn set_value(
 async fn get_value(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     validate_key(&key, &state.limits)?;
-    let metrics = state.data.metrics();
-    let found = match state.data.read(&key).await {
-        Ok(Ok(found)) => {
-            metrics.read(ReadResult::Hit);
-            if found.degraded {
-                metrics.degraded_read();
+    let found = match state.data.read(&key).await? {
+        Ok(found) => found,
+        Err(miss) => return Ok(not_found(&key, miss)),
+    };
+    let representation = negotiation::representation(header_str(&headers, ACCEPT));
+    let etag = negotiation::entity_tag(found.version, representation);
+    let revalidated = header_str(&headers, IF_NONE_MATCH)
+        .is_some_and(|condition| negotiation::if_none_match(condition, &etag));
+    let mut response = if revalidated {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        match representation {
+            Representation::Octets => (
+                [(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )],
+                found.value,
+            )
+                .into_response(),
+            Representation::Json => {
+                let value = String::from_utf8(found.value).map_err(|_| {
+                    ApiError::NotAcceptable(
+                        "the stored value is not UTF-8 and cannot be returned as a JSON string: ask for it with Accept: application/octet-stream".into(),
+                    )
+                })?;
+                self::found(&key, &value, found.version)
             }
-            found
-        }
-        Ok(Err(miss)) => {
-            metrics.read(ReadResult::Miss);
-            return Ok(not_found(&key, miss));
-        }
-        Err(error) => {
-            metrics.read(ReadResult::Unavailable);
-            return Err(error);
         }
     };
-    let value = String::from_utf8(found.value).map_err(|_| {
-        ApiError::NotAcceptable(
-            "the stored value is not UTF-8 and cannot be returned as a JSON string".into(),
-        )
+    let headers = response.headers_mut();
+    headers.insert(VARY, HeaderValue::from_static("accept"));
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        headers.insert(ETAG, etag);
+    }
+    if let Ok(version) = HeaderValue::from_str(&found.version.to_string()) {
+        headers.insert(VERSION_HEADER, version);
+    }
+    if let Some(time_left_ms) = found.expires_in_ms {
+        headers.insert(TTL_HEADER, HeaderValue::from(time_left_ms.div_ceil(1000)));
+    }
+    Ok(response)
+}
+
+/// `?ttl=SECONDS` of `PUT /data/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    ttl: Option<String>,
+}
+
+/// `PUT /data/{key}`: stores the body as it is, whatever its `Content-Type`.
+async fn put_value(
+    State(state): State<AppState>,
+    KeyPath(key): KeyPath,
+    query: Result<Query<PutQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    refuse_conditions(&headers)?;
+    validate_key(&key, &state.limits)?;
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let ttl = put_ttl(header_str(&headers, TTL_HEADER), query.ttl.as_deref())?;
+    let limit = state.limits.max_value_bytes;
+    let declared = header_str(&headers, CONTENT_LENGTH).and_then(|len| len.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(value_too_large(
+            declared.unwrap_or_default() as usize,
+            limit,
+        ));
+    }
+    let value = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::PayloadTooLarge(format!("the value is over the limit of {limit} bytes"))
     })?;
-    Ok(self::found(&key, &value, found.version))
+    let version = state.data.write(&key, &value, ttl).await?;
+    let mut response = stored(&key, version);
+    if let Ok(etag) = HeaderValue::from_str(&negotiation::entity_tag(version, Representation::Json))
+    {
+        response.headers_mut().insert(ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// The TTL of a `PUT`, from the `shardcache-ttl` header or the `ttl` query
+/// parameter (both only if equal): whole seconds, 1 to [`MAX_TTL_SECONDS`].
+fn put_ttl(header: Option<&str>, query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let seconds = match (header.map(str::trim), query.map(str::trim)) {
+        (None, None) => return Ok(None),
+        (Some(header), Some(query)) if header != query => {
+            return Err(ApiError::BadRequest(format!(
+                "the shardcache-ttl header ({header}) and ?ttl= ({query}) differ: give one"
+            )))
+        }
+        (Some(seconds), _) | (None, Some(seconds)) => seconds,
+    };
+    match seconds.parse::<u64>() {
+        Ok(seconds @ 1..=MAX_TTL_SECONDS) => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(ApiError::BadRequest(format!(
+            "ttl must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}, not {seconds:?}"
+        ))),
+    }
+}
+
+/// Conditional writes are not built yet: a write that carries a condition is
+/// refused rather than done unconditionally.
+fn refuse_conditions(headers: &HeaderMap) -> Result<(), ApiError> {
+    match [IF_MATCH, IF_NONE_MATCH]
+        .into_iter()
+        .find(|name| headers.contains_key(name))
+    {
+        Some(name) => Err(ApiError::NotImplemented(format!(
+            "conditional writes ({name}) are not supported yet; the write was not done"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn value_too_large(len: usize, limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!("value is {len} bytes, the limit is {limit}"))
 }
 
 async fn delete_value(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    refuse_conditions(&headers)?;
     validate_key(&key, &state.limits)?;
     match state.data.delete(&key).await? {
         Ok(()) => Ok(deleted(&key)),
@@ -273,7 +393,7 @@ async fn delete_value(
 /// clock is off by more than `--max-clock-skew` (this master's: writes refused;
 /// an aux node's: its TTLs run early or late), `unavailable` below the quorum.
 fn cluster_health(state: &AppState) -> (&'static str, usize, usize) {
-    let cluster = state.data.cluster();
+    let cluster = &state.cluster;
     let view = cluster.view();
     let (up, total) = (view.up_nodes().len(), view.all_nodes().len());
     let clocks_agree = !cluster.clock_report().beyond_bound && !cluster.any_clock_off();
@@ -297,7 +417,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "data_shards": state.geometry.geometry.data_shards,
         "parity_shards": state.geometry.geometry.parity_shards,
         "write_quorum": state.geometry.write_quorum,
-        "clock": state.data.cluster().clock_report(),
+        "clock": state.cluster.clock_report(),
     }))
 }
 
@@ -328,9 +448,9 @@ struct ClusterResponse {
 /// The cluster as this master sees it: nodes, states, ring and repair progress.
 async fn cluster(State(state): State<AppState>) -> Json<ClusterResponse> {
     Json(ClusterResponse {
-        cluster: state.data.cluster().report(),
+        cluster: state.cluster.report(),
         geometry: state.geometry,
-        read_repaired_shards: state.data.metrics().read_repaired_shards(),
+        read_repaired_shards: state.metrics.read_repaired_shards(),
         repair: state.repairer.status(),
     })
 }
@@ -346,7 +466,7 @@ async fn add_node(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<AddNodeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let doc = state.data.cluster().add_node(&request.address).await?;
+    let doc = state.cluster.add_node(&request.address).await?;
     Ok(Json(
         json!({ "added": request.address.trim(), "membership": doc }),
     ))
@@ -356,7 +476,7 @@ async fn remove_node(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let doc = state.data.cluster().remove_node(&id).await?;
+    let doc = state.cluster.remove_node(&id).await?;
     Ok(Json(json!({ "removed": id, "membership": doc })))
 }
 

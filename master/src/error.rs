@@ -25,6 +25,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    NotImplemented(String),
 }
 
 impl ApiError {
@@ -37,17 +39,7 @@ impl ApiError {
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
-impl From<crate::cluster::MembershipError> for ApiError {
-    fn from(error: crate::cluster::MembershipError) -> Self {
-        use crate::cluster::MembershipError;
-        match error {
-            MembershipError::Invalid(_) => ApiError::BadRequest(error.to_string()),
-            MembershipError::Unknown(_) => ApiError::NotFound(error.to_string()),
-            MembershipError::Refused(_) => ApiError::Conflict(error.to_string()),
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }

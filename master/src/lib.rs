@@ -17,18 +17,20 @@
 //!   the pure read [`data_path::verdict`].
 //! - [`repair`]: repair and rebalancing — scan, a pure plan per key, apply — under
 //!   a lease.
+//! - [`negotiation`]: `Accept`, entity tags and `If-None-Match` for `GET /data/{key}`.
 //! - [`api`]: the client and admin routes ([`app`]), input validation and limits.
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
 pub mod api;
-pub mod cluster;
+mod cluster;
 pub mod config;
-pub mod data_path;
+mod data_path;
 pub mod error;
 pub mod extract;
-pub mod metrics;
-pub mod repair;
-pub mod shards;
+mod metrics;
+mod negotiation;
+mod repair;
+mod shards;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +49,7 @@ pub use api::{app, AppState};
 use cluster::{Cluster, ClusterSettings};
 pub use config::MasterConfig;
 use data_path::DataPath;
+pub use data_path::Miss;
 pub use error::ApiError;
 use metrics::MasterMetrics;
 use repair::{RepairSettings, Repairer};
@@ -96,7 +99,6 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         probe_timeout: config.probe_timeout.0,
         suspect_after: config.suspect_after,
         down_after: config.down_after,
-        repair_grace: config.repair_grace.0,
         min_members: total_shards,
         max_clock_skew: config.node.max_clock_skew.0,
     };
@@ -123,7 +125,7 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         cluster.clone(),
         codec.clone(),
         shards.clone(),
-        metrics,
+        metrics.clone(),
         usize::from(config.write_quorum()),
         config.tombstone_ttl.0,
         config.node.max_clock_skew.0,
@@ -137,9 +139,16 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         ignore_lease: config.repair_ignore_lease,
         abandon_after: config.repair_abandon_after.0,
     };
-    let repairer = Arc::new(Repairer::new(cluster, shards, codec, repair_settings));
+    let repairer = Arc::new(Repairer::new(
+        cluster.clone(),
+        shards,
+        codec,
+        repair_settings,
+    ));
     Ok(AppState {
         data,
+        cluster,
+        metrics,
         repairer,
         limits: api::Limits::from_config(config),
         geometry: api::GeometryReport {
@@ -168,7 +177,7 @@ pub async fn run(
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let cluster = state.data.cluster().clone();
+    let cluster = state.cluster.clone();
     cluster.probe_round().await;
     // Aux nodes configured for another k and m would refuse every shard.
     cluster

@@ -60,7 +60,6 @@ use record::{ExpiryForm, RecordView, Shapes};
 use segments::{segment_of, Segments};
 
 pub use policy::Policy;
-pub use record::TYPICAL_HEADER_LEN;
 
 /// What [`ShardStore::put`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +167,8 @@ pub struct ShardStore {
 
 impl ShardStore {
     /// An empty store that will never hold more than `capacity_bytes`, evicting
-    /// with the default policy (S3-FIFO).
+    /// with the default policy (S3-FIFO). Nodes use [`Self::with_policy`].
+    #[cfg(test)]
     pub fn new(capacity_bytes: u64) -> Self {
         Self::with_policy(capacity_bytes, Policy::default())
     }

@@ -28,9 +28,9 @@ use shardcache_common::server;
 use shardcache_common::version::{HybridClock, Version};
 use shardcache_master::api::{self, Limits, SetRequest, REQUEST_DEADLINE};
 use shardcache_master::config::MasterConfig;
-use shardcache_master::data_path::Miss;
 use shardcache_master::extract::{JsonBody, KeyPath};
 use shardcache_master::ApiError;
+use shardcache_master::Miss;
 
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

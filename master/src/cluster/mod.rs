@@ -52,30 +52,29 @@ use shardcache_common::wire::{AuxStoreSummary, MembershipDoc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use clock::{ClockReport, ClockSample};
+pub(crate) use clock::{ClockReport, ClockSample};
 use membership::DnsState;
-pub use membership::MembershipError;
-pub use report::{ClusterReport, NodeReport};
-pub use view::{Node, NodeState, ReadPlacement, Source, View};
+
+pub(crate) use report::ClusterReport;
+pub(crate) use view::{Node, NodeState, ReadPlacement, Source, View};
 use view::{Slot, Slots};
 
 /// How this master probes and judges aux nodes.
 #[derive(Clone, Debug)]
-pub struct ClusterSettings {
-    pub seeds: Vec<String>,
+pub(crate) struct ClusterSettings {
+    pub(crate) seeds: Vec<String>,
     /// `name:port` resolved to many addresses (a headless service, a scaled service).
-    pub dns: Option<String>,
-    pub dns_refresh: Duration,
-    pub probe_interval: Duration,
-    pub probe_timeout: Duration,
-    pub suspect_after: u32,
-    pub down_after: u32,
-    pub repair_grace: Duration,
+    pub(crate) dns: Option<String>,
+    pub(crate) dns_refresh: Duration,
+    pub(crate) probe_interval: Duration,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) suspect_after: u32,
+    pub(crate) down_after: u32,
     /// Fewest members the admin API may leave: `k + m`.
-    pub min_members: usize,
+    pub(crate) min_members: usize,
     /// How far this master's clock may be from the aux nodes' before it refuses
     /// writes (see `clock.rs`).
-    pub max_clock_skew: Duration,
+    pub(crate) max_clock_skew: Duration,
 }
 
 /// What this master knows about one member address.
@@ -114,7 +113,7 @@ impl Member {
 }
 
 /// Membership and health, shared by the data path, the repairer and the admin API.
-pub struct Cluster {
+pub(crate) struct Cluster {
     settings: ClusterSettings,
     /// A client whose timeout is the probe timeout.
     client: AuxClient,
@@ -134,7 +133,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(settings: ClusterSettings, client: AuxClient) -> Self {
+    pub(crate) fn new(settings: ClusterSettings, client: AuxClient) -> Self {
         let now = Instant::now();
         let members = settings
             .seeds
@@ -158,19 +157,19 @@ impl Cluster {
     }
 
     /// The current picture of the cluster.
-    pub fn view(&self) -> Arc<View> {
+    pub(crate) fn view(&self) -> Arc<View> {
         self.view.read().clone()
     }
 
     /// This master's clock against the aux nodes' (see `clock.rs`).
-    pub fn clock_report(&self) -> ClockReport {
+    pub(crate) fn clock_report(&self) -> ClockReport {
         *self.clock_report.lock()
     }
 
     /// An error saying why, while this master's clock is proven further from the
     /// aux nodes' than `--max-clock-skew`: writes stamped by it would be refused by
     /// the aux nodes or outrank later ones for that long.
-    pub fn check_clock(&self) -> Result<(), String> {
+    pub(crate) fn check_clock(&self) -> Result<(), String> {
         let report = self.clock_report();
         match report.lead_ms {
             Some(lead_ms) if report.beyond_bound => Err(format!(
@@ -187,7 +186,7 @@ impl Cluster {
     /// An error naming the aux nodes that store only another geometry than
     /// `own` (k, m), as their last answers said: this master's shards would be
     /// refused by them.
-    pub fn check_geometry(&self, own: Geometry) -> Result<(), String> {
+    pub(crate) fn check_geometry(&self, own: Geometry) -> Result<(), String> {
         let reported: Vec<(String, Option<Geometry>)> = self
             .members
             .lock()
@@ -201,17 +200,17 @@ impl Cluster {
     }
 
     /// Whether some aux node's clock is off the others' by more than the bound.
-    pub fn any_clock_off(&self) -> bool {
+    pub(crate) fn any_clock_off(&self) -> bool {
         !self.clocks_off.lock().is_empty()
     }
 
     /// Wakes whenever placement changes (the value is the new epoch).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.epochs.subscribe()
     }
 
     /// Probes every `--probe-interval` until `stop`.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.settings.probe_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -54,7 +54,7 @@ enum Stored {
 
 impl DataPath {
     /// Stores `value` under `key`, expiring after `ttl` if given.
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         key: &str,
         value: &[u8],
@@ -70,8 +70,8 @@ impl DataPath {
     }
 
     /// Deletes `key`; `Ok(Err(miss))` if there was no live value to delete.
-    pub async fn delete(&self, key: &str) -> Result<Result<(), Miss>, ApiError> {
-        let found = match self.read(key).await? {
+    pub(crate) async fn delete(&self, key: &str) -> Result<Result<(), Miss>, ApiError> {
+        let found = match self.find(key).await? {
             Ok(found) => found,
             Err(miss) => return Ok(Err(miss)),
         };

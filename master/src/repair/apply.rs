@@ -17,16 +17,16 @@ use crate::shards::ShardClient;
 
 /// What a key's repair needs: the shard client, the default codec, and when a
 /// partial version counts as abandoned.
-pub struct Apply<'a> {
-    pub shards: &'a ShardClient,
-    pub codec: &'a Codec,
-    pub abandon: Abandon,
+pub(crate) struct Apply<'a> {
+    pub(crate) shards: &'a ShardClient,
+    pub(crate) codec: &'a Codec,
+    pub(crate) abandon: Abandon,
 }
 
 impl Apply<'_> {
     /// Brings one key to `k + m` distinct shards of its newest version on its
     /// owners, then deletes its shards elsewhere.
-    pub async fn repair_key(
+    pub(crate) async fn repair_key(
         &self,
         view: &View,
         key: &str,

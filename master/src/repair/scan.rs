@@ -14,20 +14,20 @@ use crate::cluster::Node;
 const INVENTORY_PAGE: usize = 1_000;
 
 /// The merged inventories of a set of nodes.
-pub struct Inventories {
+pub(crate) struct Inventories {
     sources: Vec<Source>,
 }
 
 /// One key and everything the nodes hold of it.
-pub struct KeyHoldings {
+pub(crate) struct KeyHoldings {
     /// The key's ring point: how far the scan has come.
-    pub point: u64,
-    pub key: String,
-    pub holdings: Vec<Holding>,
+    pub(crate) point: u64,
+    pub(crate) key: String,
+    pub(crate) holdings: Vec<Holding>,
 }
 
 impl Inventories {
-    pub fn new(nodes: Vec<Node>) -> Self {
+    pub(crate) fn new(nodes: Vec<Node>) -> Self {
         Inventories {
             sources: nodes.into_iter().map(Source::new).collect(),
         }
@@ -36,7 +36,7 @@ impl Inventories {
     /// The next key in ring order with every node's entry for it; `Ok(None)` when
     /// every inventory is exhausted. A node whose page cannot be fetched fails the
     /// scan: without its list a pass could misjudge which indices exist.
-    pub async fn next(&mut self, client: &AuxClient) -> Result<Option<KeyHoldings>, String> {
+    pub(crate) async fn next(&mut self, client: &AuxClient) -> Result<Option<KeyHoldings>, String> {
         self.fill(client).await?;
         let Some((point, key)) = self.sources.iter().filter_map(Source::front).min() else {
             return Ok(None);

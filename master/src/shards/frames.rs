@@ -16,7 +16,7 @@ use shardcache_common::version::Version;
 
 /// The tombstone for shard `index` of `key` at `version`; a write's frames are
 /// this plus the value's length, checksum and payload.
-pub fn tombstone(
+pub(crate) fn tombstone(
     key: &str,
     version: Version,
     index: usize,
@@ -38,7 +38,7 @@ pub fn tombstone(
 }
 
 /// Every tombstone frame of a delete of `key` at `version`, encoded.
-pub fn encoded_tombstones(
+pub(crate) fn encoded_tombstones(
     key: &str,
     version: Version,
     geometry: Geometry,
@@ -50,7 +50,7 @@ pub fn encoded_tombstones(
 }
 
 /// The `k + m` encoded frames of `value` written under `key` at `version`.
-pub fn encoded_value(
+pub(crate) fn encoded_value(
     codec: &Codec,
     key: &str,
     version: Version,
@@ -77,7 +77,7 @@ pub fn encoded_value(
 
 /// All `k + m` frames of the write that `frames` (any `k` of its shards) and the
 /// decoded `value` belong to, with the same version, expiry and checksum.
-pub fn rebuild(
+pub(crate) fn rebuild(
     codec: &Codec,
     frames: &[ShardFrame],
     value: &[u8],
@@ -97,7 +97,7 @@ pub fn rebuild(
 
 /// Decodes the value from `k` or more distinct shards of one write and verifies
 /// its checksum.
-pub fn decode(codec: &Codec, frames: &[ShardFrame]) -> Result<Vec<u8>, CodecError> {
+pub(crate) fn decode(codec: &Codec, frames: &[ShardFrame]) -> Result<Vec<u8>, CodecError> {
     let first = &frames[0];
     with_codec(codec, first, |codec| {
         let mut shards = vec![None; codec.total_shards()];
