@@ -29,6 +29,7 @@
 //! - this module: the worker — when passes run, the lease, progress.
 
 mod apply;
+mod budget;
 mod plan;
 mod scan;
 mod status;
@@ -44,8 +45,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, View};
+use crate::metrics::MasterMetrics;
 use crate::shards::ShardClient;
 use apply::Apply;
+use budget::{Budget, ClientSample};
 use plan::Abandon;
 use scan::Inventories;
 pub use status::{PassCounts, PassReport, RepairState, RepairStatus};
@@ -60,7 +63,7 @@ pub struct RepairSettings {
     pub interval: Duration,
     /// How long a down node may stay away before its shards are rebuilt elsewhere.
     pub grace: Duration,
-    /// Keys repaired at once.
+    /// Most keys repaired at once: the upper bound of the pass's [`Budget`].
     pub concurrency: usize,
     /// How long a granted lease lasts without renewal.
     pub lease_ttl: Duration,
@@ -103,6 +106,7 @@ impl Repairer {
             last_pass: None,
             passes: 0,
             totals: PassCounts::default(),
+            budget: None,
         };
         Repairer {
             cluster,
@@ -273,7 +277,8 @@ impl Repairer {
         Err(rival)
     }
 
-    /// One pass over every key held by any up node.
+    /// One pass over every key held by any up node, keeping as many keys in flight
+    /// as its [`Budget`] allows.
     async fn pass(&self, view: &Arc<View>, stop: &CancellationToken) -> PassReport {
         let started = Instant::now();
         let mut report = PassReport {
@@ -285,12 +290,14 @@ impl Repairer {
             counts: PassCounts::default(),
         };
         self.set_state(RepairState::Running, None);
-        let mut inventories = Inventories::new(view.up_nodes());
-        let mut work: JoinSet<PassCounts> = JoinSet::new();
+        let mut budget = Budget::new(self.settings.concurrency);
+        let mut clients = ClientMeter::new(self.shards.metrics());
+        let mut inventories = Inventories::new(view.up_nodes(), self.shards.aux());
+        let mut work: JoinSet<(PassCounts, u64)> = JoinSet::new();
         let mut lease_renewed = Instant::now();
         let mut dispatched = 0u64;
         loop {
-            let next = match inventories.next(self.shards.aux()).await {
+            let next = match inventories.next().await {
                 Ok(Some(next)) => next,
                 Ok(None) => break, // every inventory exhausted
                 Err(problem) => {
@@ -298,10 +305,14 @@ impl Repairer {
                     break;
                 }
             };
-            while work.len() >= self.settings.concurrency.max(1) {
-                if let Some(Ok(counts)) = work.join_next().await {
+            while work.len() >= budget.allowed() {
+                if let Some(Ok((counts, held_bytes))) = work.join_next().await {
                     report.counts.add(&counts);
+                    budget.key_done(held_bytes);
                 }
+            }
+            if let Some(sample) = clients.tick_due() {
+                budget.tick(sample);
             }
             let (shards, codec, view_for_key) =
                 (self.shards.clone(), self.codec.clone(), view.clone());
@@ -314,15 +325,17 @@ impl Repairer {
                     shards: &shards,
                     codec: &codec,
                     abandon,
+                    held_bytes: Default::default(),
                 };
-                apply
+                let counts = apply
                     .repair_key(&view_for_key, &next.key, next.holdings)
-                    .await
+                    .await;
+                (counts, apply.held_bytes.into_inner())
             });
             report.progress = next.point as f64 / u64::MAX as f64;
             dispatched += 1;
             if dispatched.is_multiple_of(256) {
-                self.publish_progress(&report, started);
+                self.publish_progress(&report, started, &budget);
             }
             if stop.is_cancelled() {
                 report.aborted = Some("master shutting down".into());
@@ -341,7 +354,7 @@ impl Repairer {
             }
         }
         while let Some(joined) = work.join_next().await {
-            if let Ok(counts) = joined {
+            if let Ok((counts, _)) = joined {
                 report.counts.add(&counts);
             }
         }
@@ -349,13 +362,53 @@ impl Repairer {
             report.progress = 1.0;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
+        self.status.lock().budget = None;
         report
     }
 
-    fn publish_progress(&self, report: &PassReport, started: Instant) {
+    fn publish_progress(&self, report: &PassReport, started: Instant, budget: &Budget) {
         let mut current = report.clone();
         current.duration_ms = started.elapsed().as_millis() as u64;
-        self.status.lock().current = Some(current);
+        let mut status = self.status.lock();
+        status.current = Some(current);
+        status.budget = Some(budget.clone());
+    }
+}
+
+/// Reads the clients' request count and latency sum from the metrics every
+/// [`budget::TICK`], for the budget.
+struct ClientMeter<'a> {
+    metrics: &'a MasterMetrics,
+    last: (u64, f64),
+    last_at: Instant,
+}
+
+impl<'a> ClientMeter<'a> {
+    fn new(metrics: &'a MasterMetrics) -> Self {
+        ClientMeter {
+            metrics,
+            last: metrics.client_requests(),
+            last_at: Instant::now(),
+        }
+    }
+
+    /// What the clients saw since the last reading, once a tick has passed.
+    fn tick_due(&mut self) -> Option<ClientSample> {
+        if self.last_at.elapsed() < budget::TICK {
+            return None;
+        }
+        let now = self.metrics.client_requests();
+        let requests = now.0.saturating_sub(self.last.0);
+        let seconds = (now.1 - self.last.1).max(0.0);
+        (self.last, self.last_at) = (now, Instant::now());
+        Some(ClientSample {
+            requests,
+            mean_seconds: if requests == 0 {
+                0.0
+            } else {
+                seconds / requests as f64
+            },
+        })
     }
 }
 
