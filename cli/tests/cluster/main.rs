@@ -20,4 +20,5 @@ mod metrics;
 mod ordering;
 mod recovery;
 mod repair_bench_smoke;
+mod repair_speed;
 mod support;

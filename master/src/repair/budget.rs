@@ -5,8 +5,9 @@
 //! batchers with client requests. Its keys move in bulk — hundreds in flight, their
 //! shard reads and writes joining the same multi-gets and multi-puts — and the
 //! budget decides how many: every [`TICK`] the pass hands in what the clients'
-//! requests cost meanwhile (their mean latency on this master, from the HTTP
-//! metrics) and the budget moves, AIMD:
+//! requests cost meanwhile (their mean time on this master from the HTTP metrics,
+//! plus how long a ready task waited for the master's thread: see the pass's
+//! `ClientMeter`) and the budget moves, AIMD:
 //!
 //! - **no client traffic** (fewer than [`MIN_CLIENT_REQUESTS`] in the tick):
 //!   nothing to protect, the window doubles towards its limit;

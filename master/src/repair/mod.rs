@@ -34,6 +34,7 @@ mod plan;
 mod scan;
 mod status;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -375,20 +376,48 @@ impl Repairer {
     }
 }
 
-/// Reads the clients' request count and latency sum from the metrics every
-/// [`budget::TICK`], for the budget.
+/// What the clients' requests cost, read every [`budget::TICK`] for the budget:
+/// their mean time on the master (the HTTP metrics of the `/data` routes), plus
+/// how long a task that became ready waited for the master's thread meanwhile
+/// (the lag of a probe task that yields every few milliseconds). The HTTP time
+/// alone misses that wait: a request is timed from when it is read, and while
+/// repair keeps the thread busy it waits before that.
 struct ClientMeter<'a> {
     metrics: &'a MasterMetrics,
     last: (u64, f64),
+    last_lag: (u64, u64),
     last_at: Instant,
+    /// Probes so far and their summed lag in microseconds.
+    lag: Arc<(AtomicU64, AtomicU64)>,
+    /// The probe task; aborted when the meter is dropped.
+    _probe: JoinSet<()>,
 }
+
+/// Time between two lag probes.
+const LAG_PROBE_EVERY: Duration = Duration::from_millis(5);
 
 impl<'a> ClientMeter<'a> {
     fn new(metrics: &'a MasterMetrics) -> Self {
+        let lag: Arc<(AtomicU64, AtomicU64)> = Arc::default();
+        let mut probe = JoinSet::new();
+        let probe_lag = lag.clone();
+        probe.spawn(async move {
+            loop {
+                tokio::time::sleep(LAG_PROBE_EVERY).await;
+                let yielded = Instant::now();
+                tokio::task::yield_now().await;
+                let waited = yielded.elapsed().as_micros() as u64;
+                probe_lag.0.fetch_add(1, Ordering::Relaxed);
+                probe_lag.1.fetch_add(waited, Ordering::Relaxed);
+            }
+        });
         ClientMeter {
             metrics,
             last: metrics.client_requests(),
+            last_lag: (0, 0),
             last_at: Instant::now(),
+            lag,
+            _probe: probe,
         }
     }
 
@@ -398,16 +427,19 @@ impl<'a> ClientMeter<'a> {
             return None;
         }
         let now = self.metrics.client_requests();
+        let lag = (
+            self.lag.0.load(Ordering::Relaxed),
+            self.lag.1.load(Ordering::Relaxed),
+        );
         let requests = now.0.saturating_sub(self.last.0);
         let seconds = (now.1 - self.last.1).max(0.0);
-        (self.last, self.last_at) = (now, Instant::now());
+        let probes = lag.0.saturating_sub(self.last_lag.0);
+        let lag_seconds = lag.1.saturating_sub(self.last_lag.1) as f64 / 1e6;
+        (self.last, self.last_lag, self.last_at) = (now, lag, Instant::now());
+        let mean = |sum: f64, count: u64| if count == 0 { 0.0 } else { sum / count as f64 };
         Some(ClientSample {
             requests,
-            mean_seconds: if requests == 0 {
-                0.0
-            } else {
-                seconds / requests as f64
-            },
+            mean_seconds: mean(seconds, requests) + mean(lag_seconds, probes),
         })
     }
 }
