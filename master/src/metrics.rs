@@ -197,7 +197,7 @@ struct RepairMetrics {
     last_pass_seconds: Gauge,
     budget_keys: IntGauge,
     budget_limit_keys: IntGauge,
-    client_latency_ratio: Gauge,
+    client_slowdown: Gauge,
 }
 
 impl MasterMetrics {
@@ -318,9 +318,9 @@ impl MasterMetrics {
                     "repair_budget_limit_keys",
                     "Upper bound of the repair budget: --repair-concurrency, or fewer when the byte bound on shards in flight is tighter.",
                 )?,
-                client_latency_ratio: r.float_gauge(
-                    "repair_client_latency_ratio",
-                    "Client requests' mean latency over their baseline during the running repair pass (what the budget follows; 0 when there is no signal).",
+                client_slowdown: r.float_gauge(
+                    "repair_client_slowdown_ratio",
+                    "How much slower client requests are during the running repair pass, as the budget judges it: the larger of their mean latency over its lowest this pass and their highest rate this pass over the current one (0 when no pass runs or no client is seen).",
                 )?,
             },
             scrape: Mutex::new(()),
@@ -528,10 +528,10 @@ pub struct RepairSample {
     pub lease_held: bool,
     pub last_pass_seconds: Option<f64>,
     /// The running pass's budget: keys allowed in flight, their upper bound, and
-    /// the client latency ratio it follows (all 0 when no pass runs).
+    /// the client slowdown it follows (all 0 when no pass runs).
     pub budget_keys: u64,
     pub budget_limit_keys: u64,
-    pub client_latency_ratio: f64,
+    pub client_slowdown: f64,
 }
 
 impl RepairMetrics {
@@ -554,7 +554,7 @@ impl RepairMetrics {
         }
         self.budget_keys.set(sample.budget_keys as i64);
         self.budget_limit_keys.set(sample.budget_limit_keys as i64);
-        self.client_latency_ratio.set(sample.client_latency_ratio);
+        self.client_slowdown.set(sample.client_slowdown);
     }
 }
 

@@ -5,23 +5,28 @@
 //! batchers with client requests. Its keys move in bulk — hundreds in flight, their
 //! shard reads and writes joining the same multi-gets and multi-puts — and the
 //! budget decides how many: every [`TICK`] the pass hands in what the clients'
-//! requests cost meanwhile (their mean time on this master from the HTTP metrics,
-//! plus how long a ready task waited for the master's thread: see the pass's
-//! `ClientMeter`) and the budget moves, AIMD:
+//! requests did meanwhile — how many finished, and their mean time on this master
+//! from the HTTP metrics plus how long a ready task waited for the master's thread
+//! (see the pass's `ClientMeter`) — and the budget moves, AIMD, on the clients'
+//! **slowdown**: the larger of their mean latency over the lowest seen this pass
+//! and the highest request rate seen this pass over the current one.
 //!
 //! - **no client traffic** (fewer than [`MIN_CLIENT_REQUESTS`] in the tick):
 //!   nothing to protect, the window doubles towards its limit;
-//! - **client latency holds** (the tick's mean at most [`RAISE_BELOW`] times the
-//!   lowest mean seen this pass, the baseline): additive increase by [`STEP`];
-//! - **client latency suffers** (above [`LOWER_ABOVE`] times the baseline): the
-//!   window shrinks by [`BACK_OFF`], at most once per tick, never below
-//!   [`MIN_WINDOW`]; in between it holds.
+//! - **the clients hold** (slowdown at most [`RAISE_BELOW`]): additive increase
+//!   by [`STEP`];
+//! - **the clients suffer** (slowdown above [`LOWER_ABOVE`]): the window shrinks
+//!   by [`BACK_OFF`], at most once per tick, never below [`MIN_WINDOW`]; in
+//!   between it holds.
 //!
-//! The baseline is taken while the window is still small (a pass starts at
-//! [`MIN_WINDOW`]), so it is the clients' latency with repair barely running. With
-//! closed-loop clients (a fixed number of connections) throughput is connections
-//! over latency, so holding latency within 1.3× keeps their throughput above
-//! about 0.75×.
+//! Both baselines are taken while the window is still small (a pass starts at
+//! [`MIN_WINDOW`]), so they are the clients' figures with repair barely running.
+//! The two signals cover the two kinds of client: clients at a fixed rate keep
+//! their rate until the cluster saturates, and show repair's cost as latency;
+//! clients with a fixed number of connections (a saturating load) show it as
+//! rate, and the rate sees what the master cannot time — requests waiting in the
+//! kernel while other processes (the aux nodes doing repair's work) hold the
+//! cores.
 //!
 //! Upper bounds, whatever the clients do: `--repair-concurrency` keys, and
 //! [`MAX_BYTES_IN_FLIGHT`] of shard bytes, judged from the largest key the pass has
@@ -55,11 +60,13 @@ pub const MIN_CLIENT_REQUESTS: u64 = 20;
 /// Most shard bytes (fetched and rebuilt) the keys in flight may hold.
 pub const MAX_BYTES_IN_FLIGHT: u64 = 64 << 20;
 
-/// What client requests cost during one tick.
+/// What client requests did during one tick.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ClientSample {
     /// Client requests that finished during the tick.
     pub requests: u64,
+    /// The tick's length, in seconds.
+    pub tick_seconds: f64,
     /// Their mean latency, in seconds.
     pub mean_seconds: f64,
 }
@@ -75,8 +82,11 @@ pub struct Budget {
     pub byte_limit: usize,
     /// The clients' lowest mean latency seen this pass, in seconds.
     pub client_baseline_seconds: Option<f64>,
-    /// The last tick's client mean latency over the baseline.
-    pub client_latency_ratio: Option<f64>,
+    /// The clients' highest request rate seen this pass, per second.
+    pub client_peak_rate: Option<f64>,
+    /// The last tick's client slowdown: the larger of mean latency over its
+    /// baseline and peak rate over the tick's rate.
+    pub client_slowdown: Option<f64>,
     /// Largest shard bytes one key has held so far.
     #[serde(skip)]
     largest_key_bytes: u64,
@@ -91,7 +101,8 @@ impl Budget {
             limit,
             byte_limit: limit,
             client_baseline_seconds: None,
-            client_latency_ratio: None,
+            client_peak_rate: None,
+            client_slowdown: None,
             largest_key_bytes: 0,
         }
     }
@@ -109,25 +120,26 @@ impl Budget {
         }
     }
 
-    /// Moves the window after a tick in which the clients saw `sample`.
+    /// Moves the window after a tick in which the clients did `sample`.
     pub fn tick(&mut self, sample: ClientSample) {
         let floor = MIN_WINDOW.min(self.limit);
-        if sample.requests < MIN_CLIENT_REQUESTS || sample.mean_seconds <= 0.0 {
-            self.client_latency_ratio = None;
+        if sample.requests < MIN_CLIENT_REQUESTS
+            || sample.mean_seconds <= 0.0
+            || sample.tick_seconds <= 0.0
+        {
+            self.client_slowdown = None;
             self.window = (self.window * 2).clamp(floor, self.limit);
             return;
         }
-        let baseline = self
-            .client_baseline_seconds
-            .map_or(sample.mean_seconds, |baseline| {
-                baseline.min(sample.mean_seconds)
-            });
-        self.client_baseline_seconds = Some(baseline);
-        let ratio = sample.mean_seconds / baseline;
-        self.client_latency_ratio = Some(ratio);
-        self.window = if ratio <= RAISE_BELOW {
+        let rate = sample.requests as f64 / sample.tick_seconds;
+        let baseline = lowest(self.client_baseline_seconds, sample.mean_seconds);
+        let peak = rate.max(self.client_peak_rate.unwrap_or(rate));
+        (self.client_baseline_seconds, self.client_peak_rate) = (Some(baseline), Some(peak));
+        let slowdown = (sample.mean_seconds / baseline).max(peak / rate);
+        self.client_slowdown = Some(slowdown);
+        self.window = if slowdown <= RAISE_BELOW {
             self.window + STEP
-        } else if ratio > LOWER_ABOVE {
+        } else if slowdown > LOWER_ABOVE {
             (self.window as f64 * BACK_OFF) as usize
         } else {
             self.window
@@ -136,13 +148,19 @@ impl Budget {
     }
 }
 
+fn lowest(so_far: Option<f64>, now: f64) -> f64 {
+    so_far.map_or(now, |so_far| so_far.min(now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A 100 ms tick with `requests` requests of `mean_ms` on average.
     fn clients(requests: u64, mean_ms: f64) -> ClientSample {
         ClientSample {
             requests,
+            tick_seconds: 0.1,
             mean_seconds: mean_ms / 1e3,
         }
     }
@@ -156,7 +174,7 @@ mod tests {
             windows.push(budget.window);
         }
         assert_eq!(windows, [32, 64, 128, 256, 512, 1000, 1000, 1000]);
-        assert_eq!(budget.client_latency_ratio, None);
+        assert_eq!(budget.client_slowdown, None);
     }
 
     #[test]
@@ -182,6 +200,25 @@ mod tests {
         }
         let baseline = budget.client_baseline_seconds.expect("clients were seen");
         assert!((baseline - 0.0018).abs() < 1e-12, "{baseline}");
+    }
+
+    #[test]
+    fn the_window_follows_the_clients_rate_against_its_highest() {
+        // Closed-loop clients: a latency the master cannot see shows as a lower rate.
+        // (requests in the tick, window after the tick); the latency stays 2 ms.
+        let mut budget = Budget::new(200);
+        for (requests, window) in [
+            (1000, 48), // the peak: 10,000/s
+            (950, 80),  // 1.05× below it: grow
+            (800, 80),  // 1.25×: keep
+            (700, 56),  // 1.43×: back off
+            (1100, 88), // a new peak
+        ] {
+            budget.tick(clients(requests, 2.0));
+            assert_eq!(budget.window, window, "after a tick of {requests} requests");
+        }
+        let slowdown = budget.client_slowdown.expect("clients were seen");
+        assert!((slowdown - 1.0).abs() < 1e-9, "{slowdown}");
     }
 
     #[test]

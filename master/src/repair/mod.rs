@@ -431,6 +431,7 @@ impl<'a> ClientMeter<'a> {
             self.lag.0.load(Ordering::Relaxed),
             self.lag.1.load(Ordering::Relaxed),
         );
+        let tick_seconds = self.last_at.elapsed().as_secs_f64();
         let requests = now.0.saturating_sub(self.last.0);
         let seconds = (now.1 - self.last.1).max(0.0);
         let probes = lag.0.saturating_sub(self.last_lag.0);
@@ -439,6 +440,7 @@ impl<'a> ClientMeter<'a> {
         let mean = |sum: f64, count: u64| if count == 0 { 0.0 } else { sum / count as f64 };
         Some(ClientSample {
             requests,
+            tick_seconds,
             mean_seconds: mean(seconds, requests) + mean(lag_seconds, probes),
         })
     }

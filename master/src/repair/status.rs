@@ -87,10 +87,10 @@ impl RepairStatus {
                 .budget
                 .as_ref()
                 .map_or(0, |b| b.limit.min(b.byte_limit) as u64),
-            client_latency_ratio: self
+            client_slowdown: self
                 .budget
                 .as_ref()
-                .and_then(|b| b.client_latency_ratio)
+                .and_then(|b| b.client_slowdown)
                 .unwrap_or(0.0),
         }
     }
