@@ -12,6 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use shardcache_common::cluster_token::{self, ClusterToken};
 use shardcache_common::frame::{self, ShardFrame};
+use shardcache_common::geometry::Geometry;
 use shardcache_common::multi_put::{self, PutAnswer};
 use shardcache_common::version::{HybridClock, Version};
 use shardcache_common::wire::{
@@ -34,29 +35,29 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Shared state of the aux routes.
 #[derive(Clone)]
-pub struct AuxState {
-    pub store: Arc<ShardStore>,
-    pub max_frame_bytes: usize,
+pub(crate) struct AuxState {
+    pub(crate) store: Arc<ShardStore>,
+    pub(crate) max_frame_bytes: usize,
     /// `--max-clock-skew` in milliseconds: the furthest ahead of this node's clock
     /// a stored version may be stamped.
-    pub max_clock_skew_ms: u64,
+    pub(crate) max_clock_skew_ms: u64,
     /// Required on every internal route (see `cluster_token`).
-    pub cluster_token: ClusterToken,
+    pub(crate) cluster_token: ClusterToken,
     /// `--data-shards`, `--parity-shards`: the only (k, m) stored, when given.
-    pub geometry: Option<(u8, u8)>,
-    pub node_id: Arc<str>,
+    pub(crate) geometry: Option<Geometry>,
+    pub(crate) node_id: Arc<str>,
     /// Random per process start (see [`AuxHealth::instance`]).
-    pub instance: u64,
-    pub leases: Arc<Leases>,
-    pub membership: Arc<MembershipStore>,
-    pub snapshots: Arc<SnapshotStatus>,
-    pub metrics: Arc<AuxMetrics>,
+    pub(crate) instance: u64,
+    pub(crate) leases: Arc<Leases>,
+    pub(crate) membership: Arc<MembershipStore>,
+    pub(crate) snapshots: Arc<SnapshotStatus>,
+    pub(crate) metrics: Arc<AuxMetrics>,
     /// Serve `/metrics` on the API listener (false with `--metrics-listen`).
-    pub metrics_on_api_listener: bool,
+    pub(crate) metrics_on_api_listener: bool,
 }
 
 /// The aux node's router.
-pub fn app(state: AuxState) -> Router {
+pub(crate) fn app(state: AuxState) -> Router {
     let mut router = Router::new();
     if state.metrics_on_api_listener {
         router = router.route("/metrics", get(metrics));
@@ -92,7 +93,7 @@ pub fn app(state: AuxState) -> Router {
 }
 
 /// The router of the separate `--metrics-listen` address: `/metrics` only.
-pub fn metrics_app(state: AuxState) -> Router {
+pub(crate) fn metrics_app(state: AuxState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -172,8 +173,9 @@ fn store_frame(state: &AuxState, body: Bytes, now_ms: u64) -> PutAnswer {
         Ok(frame) => frame,
         Err(problem) => return refused(StatusCode::BAD_REQUEST, problem.to_string()),
     };
-    if let Some((k, m)) = state.geometry {
-        if (frame.data_shards, frame.parity_shards) != (k, m) {
+    if let Some(own) = state.geometry {
+        if frame.geometry() != own {
+            let (k, m) = (own.data_shards, own.parity_shards);
             return refused(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -341,12 +343,7 @@ async fn health(State(state): State<AuxState>) -> Response {
         },
         membership_version: state.membership.get().map(|doc| doc.version),
         unix_ms: Some(unix_millis()),
-        geometry: state
-            .geometry
-            .map(|(data_shards, parity_shards)| wire::StoredGeometry {
-                data_shards,
-                parity_shards,
-            }),
+        geometry: state.geometry,
     };
     // The typed part masters read, plus the full figures for operators.
     let mut body = serde_json::to_value(summary).unwrap_or_default();
@@ -369,7 +366,7 @@ mod tests {
     }
 
     /// A test node that stores only shards of `geometry`, when given.
-    fn test_app_storing(geometry: Option<(u8, u8)>) -> Router {
+    fn test_app_storing(geometry: Option<Geometry>) -> Router {
         let dir = std::env::temp_dir();
         app(AuxState {
             store: Arc::new(ShardStore::new(1 << 20)),
@@ -549,7 +546,7 @@ mod tests {
     #[tokio::test]
     async fn with_a_geometry_configured_shards_of_another_are_refused_single_and_batched() {
         // `frame` writes 2+1 shards.
-        let app = test_app_storing(Some((3, 2)));
+        let app = test_app_storing(Geometry::new(3, 2).ok());
         let refused = send(&app, "PUT", wire::SHARDS_PATH, frame("k", 9).encode()).await;
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
         let body = refused.into_body().collect().await.unwrap().to_bytes();

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use shardcache_common::cluster_token::ClusterTokenArgs;
-use shardcache_common::runtime::RuntimeArgs;
+use shardcache_common::geometry::Geometry;
+use shardcache_common::runtime::NodeArgs;
 use shardcache_common::server::ServerLimits;
 use shardcache_common::units::{ByteSize, HumanDuration};
 
@@ -19,10 +19,8 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_LISTEN", default_value = "127.0.0.1:7101")]
     pub listen: SocketAddr,
 
-    /// Serve `GET /metrics` on this address instead of on --listen, so the metrics
-    /// need not be reachable where the API is (port 0 picks a free port).
-    #[arg(long, env = "SHARDCACHE_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub node: NodeArgs,
 
     /// Directory for this node's files (snapshots); created if missing.
     #[arg(long, env = "SHARDCACHE_DATA_DIR", default_value = "./data/aux")]
@@ -56,25 +54,6 @@ pub struct AuxConfig {
     #[arg(long, env = "SHARDCACHE_HEADER_READ_TIMEOUT", default_value = "60s")]
     pub header_read_timeout: HumanDuration,
 
-    /// Most client connections served at once; one more is closed as soon as it is
-    /// accepted. Masters keep a pool of connections to every aux node (up to 256
-    /// idle each), so leave room for all of them.
-    #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
-    pub max_connections: usize,
-
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
-
-    /// Shards whose version is stamped further than this ahead of this node's
-    /// clock are refused (400): the writing master's clock is off, and its versions
-    /// would outrank later writes for that long. Masters refuse writes past the same
-    /// bound (theirs, `--max-clock-skew`); keep the two equal.
-    #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
-    pub max_clock_skew: HumanDuration,
-
-    #[command(flatten)]
-    pub cluster_token: ClusterTokenArgs,
-
     /// k, the data shards per value the masters write (their `--data-shards`). With
     /// `--parity-shards`, shards of any other geometry are refused (400): a master
     /// configured with another k and m gets its writes refused, rather than storing
@@ -90,11 +69,6 @@ pub struct AuxConfig {
     /// How often expired shards are swept out of memory.
     #[arg(long, env = "SHARDCACHE_SWEEP_INTERVAL", default_value = "1s")]
     pub sweep_interval: HumanDuration,
-
-    /// Exit when standard input closes (set by the launcher, so that nodes never
-    /// outlive it).
-    #[arg(long, env = "SHARDCACHE_STOP_WITH_PARENT", hide = true)]
-    pub stop_with_parent: bool,
 }
 
 impl AuxConfig {
@@ -102,7 +76,7 @@ impl AuxConfig {
     pub fn server_limits(&self) -> ServerLimits {
         ServerLimits {
             header_read_timeout: self.header_read_timeout.0,
-            max_connections: self.max_connections,
+            max_connections: self.node.max_connections,
         }
     }
 
@@ -133,9 +107,13 @@ impl AuxConfig {
         Ok(())
     }
 
-    /// The (k, m) every stored shard must have, when configured.
-    pub fn geometry(&self) -> Option<(u8, u8)> {
-        self.data_shards.zip(self.parity_shards)
+    /// The geometry every stored shard must have, when configured.
+    pub fn geometry(&self) -> Option<Geometry> {
+        let (data_shards, parity_shards) = self.data_shards.zip(self.parity_shards)?;
+        Some(Geometry {
+            data_shards,
+            parity_shards,
+        })
     }
 
     /// Largest request body the aux API accepts: `--max-request-size`, and never

@@ -16,7 +16,7 @@ const NODE_ID_FILE: &str = "node-id";
 const MAX_NODE_ID_LEN: usize = 128;
 
 /// Checks that `id` is usable as a node identity.
-pub fn validate(id: &str) -> Result<(), String> {
+pub(crate) fn validate(id: &str) -> Result<(), String> {
     let printable = id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
@@ -30,7 +30,7 @@ pub fn validate(id: &str) -> Result<(), String> {
 
 /// The configured identity, else the one stored in `data_dir`, else a new random one
 /// (stored for the next start).
-pub fn load_or_create(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+pub(crate) fn load_or_create(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
     if let Some(id) = configured {
         validate(id).map_err(anyhow::Error::msg)?;
         return Ok(id.to_owned());

@@ -13,18 +13,18 @@ use parking_lot::Mutex;
 use shardcache_common::wire::{LeaseAnswer, LeaseRequest};
 
 /// Longest lease a master may ask for, so a vanished master blocks repair briefly.
-pub const MAX_LEASE: Duration = Duration::from_secs(60);
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(60);
 
 /// The leases this node has granted.
 #[derive(Default)]
-pub struct Leases {
+pub(crate) struct Leases {
     held: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl Leases {
     /// Grants `request` if the lease is free, expired, or already held by the same
     /// holder (an extension); otherwise names the current holder.
-    pub fn request(&self, request: &LeaseRequest, now: Instant) -> LeaseAnswer {
+    pub(crate) fn request(&self, request: &LeaseRequest, now: Instant) -> LeaseAnswer {
         let ttl = Duration::from_millis(request.ttl_ms).min(MAX_LEASE);
         let mut held = self.held.lock();
         if let Some((holder, until)) = held.get(&request.name) {

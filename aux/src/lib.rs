@@ -13,15 +13,15 @@
 //! - [`api`]: the HTTP routes ([`app`]); [`metrics`]: the Prometheus metrics.
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
-pub mod api;
+mod api;
 pub mod config;
-pub mod identity;
-pub mod lease;
-pub mod membership;
-pub mod metrics;
-pub mod snapshot;
-pub mod snapshotter;
-pub mod store;
+mod identity;
+mod lease;
+mod membership;
+mod metrics;
+mod snapshot;
+mod snapshotter;
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use shardcache_common::server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use api::{app, AuxState};
+use api::{app, AuxState};
 pub use config::AuxConfig;
 use membership::MembershipStore;
 use metrics::AuxMetrics;
@@ -80,8 +80,12 @@ pub async fn run(
     let state = AuxState {
         store: store.clone(),
         max_frame_bytes: config.max_frame_bytes(),
-        max_clock_skew_ms: config.max_clock_skew.0.as_millis() as u64,
-        cluster_token: config.cluster_token.load().map_err(anyhow::Error::msg)?,
+        max_clock_skew_ms: config.node.max_clock_skew.0.as_millis() as u64,
+        cluster_token: config
+            .node
+            .cluster_token
+            .load()
+            .map_err(anyhow::Error::msg)?,
         geometry: config.geometry(),
         node_id: node_id.as_str().into(),
         instance: rand::random(),
@@ -89,10 +93,10 @@ pub async fn run(
         membership: Arc::new(MembershipStore::load(&config.data_dir)),
         snapshots: snapshots.clone(),
         metrics,
-        metrics_on_api_listener: config.metrics_listen.is_none(),
+        metrics_on_api_listener: config.node.metrics_listen.is_none(),
     };
     http_metrics::serve_metrics_listener(
-        config.metrics_listen,
+        config.node.metrics_listen,
         api::metrics_app(state.clone()),
         shutdown.requested(),
     )
@@ -120,15 +124,28 @@ pub async fn run(
     Ok(())
 }
 
-/// Validates the configuration, binds `config.listen`, prints `listening on ADDR`
-/// and serves until Ctrl-C/SIGTERM.
-pub async fn serve(config: AuxConfig) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let listener = runtime::bind_and_announce(config.listen)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let signal = runtime::shutdown_signal(config.stop_with_parent);
-    run(config, listener, signal).await
+/// How [`runtime::serve`] starts this node: `shardcache aux` and the
+/// `shardcache-aux` binary run `runtime::serve(config)`.
+impl runtime::NodeConfig for AuxConfig {
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn node(&self) -> &runtime::NodeArgs {
+        &self.node
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        AuxConfig::validate(self)
+    }
+
+    async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
+    }
 }
 
 /// Background worker: reclaims the memory of expired shards every `interval`.

@@ -11,7 +11,7 @@ use shardcache_common::wire::MembershipDoc;
 const MEMBERSHIP_FILE: &str = "membership.json";
 
 /// The newest membership document this node has been given.
-pub struct MembershipStore {
+pub(crate) struct MembershipStore {
     doc: Mutex<Option<MembershipDoc>>,
     path: PathBuf,
 }
@@ -19,7 +19,7 @@ pub struct MembershipStore {
 impl MembershipStore {
     /// Loads `DATA_DIR/membership.json` if present; an unreadable file is logged and
     /// ignored (masters push their own copy on their next probe).
-    pub fn load(data_dir: &std::path::Path) -> Self {
+    pub(crate) fn load(data_dir: &std::path::Path) -> Self {
         let path = data_dir.join(MEMBERSHIP_FILE);
         let doc = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
@@ -37,12 +37,12 @@ impl MembershipStore {
         }
     }
 
-    pub fn get(&self) -> Option<MembershipDoc> {
+    pub(crate) fn get(&self) -> Option<MembershipDoc> {
         self.doc.lock().clone()
     }
 
     /// Keeps `doc` if it is newer than the one held; returns the held one otherwise.
-    pub fn offer(&self, doc: MembershipDoc) -> Result<(), MembershipDoc> {
+    pub(crate) fn offer(&self, doc: MembershipDoc) -> Result<(), MembershipDoc> {
         let mut held = self.doc.lock();
         if let Some(current) = held.as_ref() {
             if current.version >= doc.version {
@@ -55,7 +55,7 @@ impl MembershipStore {
 
     /// Writes the held document to disk atomically (blocking; run off the async
     /// threads). Failure only costs the copy on disk.
-    pub fn persist(&self) {
+    pub(crate) fn persist(&self) {
         let Some(doc) = self.get() else { return };
         let temporary = self.path.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&doc)

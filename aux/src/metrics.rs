@@ -20,11 +20,11 @@ const SNAPSHOT_BUCKETS: &[f64] = &[
 ];
 
 /// Every metric an aux node exports, in its own registry.
-pub struct AuxMetrics {
+pub(crate) struct AuxMetrics {
     registry: Registry,
-    pub http: HttpMetrics,
+    pub(crate) http: HttpMetrics,
     /// Observed by the snapshotter for every snapshot written.
-    pub snapshot_duration: Histogram,
+    pub(crate) snapshot_duration: Histogram,
     items: IntGauge,
     bytes: IntGauge,
     capacity: IntGauge,
@@ -41,7 +41,7 @@ pub struct AuxMetrics {
 }
 
 impl AuxMetrics {
-    pub fn new(node_id: &str) -> Self {
+    pub(crate) fn new(node_id: &str) -> Self {
         Self::build(node_id).expect("metric names and labels are valid and registered once")
     }
 
@@ -96,7 +96,7 @@ impl AuxMetrics {
 
     /// Copies the store's and the snapshotter's figures in, then renders the text
     /// format.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         store: &StoreStats,
         snapshot: &SnapshotReport,

@@ -62,41 +62,42 @@ const TEMP_SUFFIX: &str = ".tmp";
 const IO_BUFFER_BYTES: usize = 1 << 20;
 
 /// How many snapshot files survive a write: the new one and the one before it.
-pub const SNAPSHOTS_KEPT: usize = 2;
+pub(crate) const SNAPSHOTS_KEPT: usize = 2;
 
 /// What [`SnapshotWriter::finish`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotWritten {
+pub(crate) struct SnapshotWritten {
     /// The final `snapshot-….snap` file, already durable.
-    pub path: PathBuf,
-    pub entries: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) entries: u64,
     /// Size of the whole file, header and trailer included.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// What [`load_newest`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoadedSnapshot {
+pub(crate) struct LoadedSnapshot {
     /// The file the frames came from; `None` when no valid snapshot exists.
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// When that snapshot was written, Unix milliseconds (0 when there is none).
-    pub created_at_ms: u64,
+    pub(crate) created_at_ms: u64,
     /// How many frames were handed to the visitor.
-    pub entries: u64,
+    pub(crate) entries: u64,
     /// Newer snapshot files that could not be loaded, newest first, each with a
     /// reason for the operator.
-    pub skipped: Vec<(PathBuf, String)>,
+    pub(crate) skipped: Vec<(PathBuf, String)>,
 }
 
 /// Why a snapshot could not be written or the snapshot directory not read.
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub(crate) enum SnapshotError {
     #[error("cannot {action} {}: {error}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
         error: io::Error,
     },
+    #[cfg(test)]
     #[error("frame {index} is {len} bytes, more than a snapshot entry can hold")]
     FrameTooLarge { index: u64, len: usize },
     #[error("snapshot sequence numbers in {} are exhausted", .0.display())]
@@ -106,7 +107,7 @@ pub enum SnapshotError {
 /// A snapshot being written: entries go to a temporary file, which
 /// [`finish`](Self::finish) makes the newest snapshot. Dropped unfinished, it
 /// removes the temporary file.
-pub struct SnapshotWriter {
+pub(crate) struct SnapshotWriter {
     dir: PathBuf,
     path: PathBuf,
     temp_path: PathBuf,
@@ -117,7 +118,7 @@ pub struct SnapshotWriter {
 
 impl SnapshotWriter {
     /// Starts the next snapshot in `dir` (created if needed).
-    pub fn create(dir: &Path, created_at_ms: u64) -> Result<Self, SnapshotError> {
+    pub(crate) fn create(dir: &Path, created_at_ms: u64) -> Result<Self, SnapshotError> {
         fs::create_dir_all(dir).map_err(io_error("create snapshot directory", dir))?;
         let existing = list_dir(dir)?;
         let seq = match existing.snapshots.last() {
@@ -148,8 +149,9 @@ impl SnapshotWriter {
         Ok(writer)
     }
 
-    /// Appends one frame.
-    pub fn append(&mut self, frame: &[u8]) -> Result<(), SnapshotError> {
+    /// Appends one frame (the tests' way; the node appends whole chunks of entries).
+    #[cfg(test)]
+    pub(crate) fn append(&mut self, frame: &[u8]) -> Result<(), SnapshotError> {
         let len = u32::try_from(frame.len()).map_err(|_| SnapshotError::FrameTooLarge {
             index: self.entries,
             len: frame.len(),
@@ -162,7 +164,11 @@ impl SnapshotWriter {
 
     /// Appends `count` entries already in the file's entry layout (length, frame),
     /// as [`crate::store::ShardStore::snapshot_chunk`] gives them.
-    pub fn append_entries(&mut self, entries: &[u8], count: usize) -> Result<(), SnapshotError> {
+    pub(crate) fn append_entries(
+        &mut self,
+        entries: &[u8],
+        count: usize,
+    ) -> Result<(), SnapshotError> {
         self.write(entries)?;
         self.entries += count as u64;
         Ok(())
@@ -181,7 +187,7 @@ impl SnapshotWriter {
     /// On error the previous snapshots are untouched, and no new `.snap` file exists
     /// unless only the final directory sync failed (the file is then complete but
     /// may not survive a crash; the next write numbers past it either way).
-    pub fn finish(mut self) -> Result<SnapshotWritten, SnapshotError> {
+    pub(crate) fn finish(mut self) -> Result<SnapshotWritten, SnapshotError> {
         let entries = self.entries;
         self.write(&entries.to_be_bytes())?;
         let out = self.out.take().expect("finished once");
@@ -242,7 +248,7 @@ fn write_snapshot(
 /// between the check and the visit (nothing here writes to a finished snapshot),
 /// the visit stops there and the file is reported skipped after all, with the
 /// frames already visited kept: each of them is a frame the file really held.
-pub fn load_newest(
+pub(crate) fn load_newest(
     dir: &Path,
     mut visit: impl FnMut(&[u8]),
 ) -> Result<LoadedSnapshot, SnapshotError> {

@@ -22,26 +22,26 @@ use crate::store::{RestoreReport, ShardStore};
 
 /// What `/health` shows about snapshots.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct SnapshotReport {
+pub(crate) struct SnapshotReport {
     /// Unix milliseconds of the last snapshot written successfully.
-    pub last_success_at_ms: Option<u64>,
+    pub(crate) last_success_at_ms: Option<u64>,
     /// Snapshots written since start.
-    pub written: u64,
-    pub last_duration_ms: u64,
-    pub last_entries: u64,
-    pub last_bytes: u64,
-    pub failures: u64,
-    pub last_error: Option<String>,
+    pub(crate) written: u64,
+    pub(crate) last_duration_ms: u64,
+    pub(crate) last_entries: u64,
+    pub(crate) last_bytes: u64,
+    pub(crate) failures: u64,
+    pub(crate) last_error: Option<String>,
     /// The file restored at start, and what it held.
-    pub restored_from: Option<PathBuf>,
-    pub restored: RestoreReport,
+    pub(crate) restored_from: Option<PathBuf>,
+    pub(crate) restored: RestoreReport,
     /// Snapshot files found corrupt at start, with the reason.
-    pub skipped_files: Vec<String>,
+    pub(crate) skipped_files: Vec<String>,
 }
 
 /// Shared snapshot bookkeeping: the report, and which store generation is on disk.
 #[derive(Default)]
-pub struct SnapshotStatus {
+pub(crate) struct SnapshotStatus {
     report: Mutex<SnapshotReport>,
     saved_generation: Mutex<Option<u64>>,
     /// Observes every successful snapshot's duration, when metrics are kept.
@@ -49,20 +49,20 @@ pub struct SnapshotStatus {
 }
 
 impl SnapshotStatus {
-    pub fn with_duration_histogram(histogram: Histogram) -> Self {
+    pub(crate) fn with_duration_histogram(histogram: Histogram) -> Self {
         SnapshotStatus {
             duration_seconds: Some(histogram),
             ..SnapshotStatus::default()
         }
     }
 
-    pub fn report(&self) -> SnapshotReport {
+    pub(crate) fn report(&self) -> SnapshotReport {
         self.report.lock().clone()
     }
 }
 
 /// Loads the newest valid snapshot in `dir` into `store`, reporting corrupt files.
-pub async fn restore(
+pub(crate) async fn restore(
     store: &Arc<ShardStore>,
     dir: &Path,
     status: &SnapshotStatus,
@@ -120,7 +120,7 @@ fn write_store(
 }
 
 /// Writes a snapshot if the store changed since the last one.
-pub async fn save_if_changed(store: &Arc<ShardStore>, dir: &Path, status: &SnapshotStatus) {
+pub(crate) async fn save_if_changed(store: &Arc<ShardStore>, dir: &Path, status: &SnapshotStatus) {
     let generation = store.generation();
     if *status.saved_generation.lock() == Some(generation) {
         return;
@@ -159,7 +159,7 @@ pub async fn save_if_changed(store: &Arc<ShardStore>, dir: &Path, status: &Snaps
 }
 
 /// Background worker: a snapshot every `interval` (when changed) until `stop`.
-pub async fn run(
+pub(crate) async fn run(
     store: Arc<ShardStore>,
     dir: PathBuf,
     interval: Duration,

@@ -4,6 +4,7 @@
 //! `bench-bare` is `bench`'s baseline server.
 
 use clap::Parser;
+use shardcache_common::runtime;
 
 /// glibc's allocator spent a sixth of a loaded master's CPU in malloc and free.
 #[global_allocator]
@@ -43,8 +44,8 @@ fn main() {
         Command::BenchBare(args) => shardcache::bench::bare::bench_bare(args),
         Command::BenchRepair(args) => shardcache::bench::repair::bench_repair(args),
         Command::BenchMemory(args) => shardcache::bench::memory::bench_memory(args),
-        Command::Master(config) => config.runtime.block_on(shardcache_master::serve(config)),
-        Command::Aux(config) => config.runtime.block_on(shardcache_aux::serve(config)),
+        Command::Master(config) => config.node.runtime.block_on(runtime::serve(config)),
+        Command::Aux(config) => config.node.runtime.block_on(runtime::serve(config)),
     };
     shardcache_common::runtime::exit_on_error(result);
 }

@@ -10,6 +10,7 @@ use reed_solomon_erasure::galois_8::ReedSolomon;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::frame::shard_len;
+use crate::geometry::Geometry;
 
 /// Why a value could not be encoded or rebuilt.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,14 +47,8 @@ pub fn value_checksum(value: &[u8]) -> u64 {
 impl Codec {
     /// A codec for `k` data and `m` parity shards (`k >= 1`, `k + m <= 255`).
     pub fn new(data_shards: u8, parity_shards: u8) -> Result<Codec, CodecError> {
-        if data_shards == 0 {
-            return Err(CodecError::Geometry(
-                "k (data shards) must be at least 1".into(),
-            ));
-        }
-        if usize::from(data_shards) + usize::from(parity_shards) > 255 {
-            return Err(CodecError::Geometry("k + m must be at most 255".into()));
-        }
+        Geometry::new(data_shards, parity_shards)
+            .map_err(|error| CodecError::Geometry(error.to_string()))?;
         let reed_solomon = match parity_shards {
             0 => None,
             _ => Some(
@@ -66,6 +61,13 @@ impl Codec {
             parity_shards,
             reed_solomon,
         })
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            data_shards: self.data_shards,
+            parity_shards: self.parity_shards,
+        }
     }
 
     pub fn data_shards(&self) -> u8 {

@@ -33,6 +33,7 @@
 use bytes::{BufMut, Bytes};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::geometry::Geometry;
 use crate::version::Version;
 
 const MAGIC: &[u8; 4] = b"SCS1";
@@ -71,10 +72,13 @@ pub fn time_left_until(deadline_ms: u64, now_ms: u64) -> u64 {
     }
 }
 
-/// One shard of one version of one key, or a tombstone for that key and version.
+/// One shard of one version of one key, or a tombstone for that key and version:
+/// the fields of the wire format, over any key and payload storage. The one frame
+/// type: a received or built frame owns its key and payload ([`ShardFrame`]); the
+/// aux store encodes frames straight from its records ([`FrameRef`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShardFrame {
-    pub key: String,
+pub struct Frame<Key, Payload> {
+    pub key: Key,
     pub version: Version,
     pub tombstone: bool,
     pub shard_index: u8,
@@ -86,8 +90,16 @@ pub struct ShardFrame {
     pub expiry_ms: u64,
     pub value_len: u64,
     pub value_checksum: u64,
-    pub payload: Bytes,
+    pub payload: Payload,
 }
+
+/// A frame that owns its key and payload (the payload may share a received buffer).
+pub type ShardFrame = Frame<String, Bytes>;
+
+/// A frame over borrowed key and payload bytes, for encoders that keep those
+/// elsewhere (the aux store keeps shards in its own compact form and builds the
+/// wire frame only when one is read).
+pub type FrameRef<'a> = Frame<&'a [u8], &'a [u8]>;
 
 /// Why bytes could not be read as a shard frame.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -116,23 +128,9 @@ impl ShardFrame {
 
     /// Serialises the frame in the wire format described in the module docs.
     pub fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(encoded_len(self.key.len(), self.payload.len()));
-        encode_into(&self.header(), self.key.as_bytes(), &self.payload, &mut out);
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
         Bytes::from(out)
-    }
-
-    /// The fields of the header, without key and payload.
-    pub fn header(&self) -> FrameHeader {
-        FrameHeader {
-            version: self.version,
-            tombstone: self.tombstone,
-            shard_index: self.shard_index,
-            data_shards: self.data_shards,
-            parity_shards: self.parity_shards,
-            expiry_ms: self.expiry_ms,
-            value_len: self.value_len,
-            value_checksum: self.value_checksum,
-        }
     }
 
     /// Parses and verifies a frame. The payload shares `bytes`' buffer (no copy).
@@ -209,48 +207,49 @@ impl ShardFrame {
     }
 }
 
-/// A frame's fixed fields: what [`encode_into`] needs besides the key and payload,
-/// for encoders that keep those elsewhere (the aux store keeps shards in its own
-/// compact form and builds the wire frame only when one is read).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameHeader {
-    pub version: Version,
-    pub tombstone: bool,
-    pub shard_index: u8,
-    pub data_shards: u8,
-    pub parity_shards: u8,
-    pub expiry_ms: u64,
-    pub value_len: u64,
-    pub value_checksum: u64,
-}
-
 /// Length of the encoded frame of a `key_len`-byte key and a `payload_len`-byte shard.
 pub fn encoded_len(key_len: usize, payload_len: usize) -> usize {
     HEADER_LEN + key_len + payload_len + TRAILER_LEN
 }
 
-/// Appends the frame of `header`, `key` and `payload` to `out` in the wire format of
-/// the module docs: the one encoder of that format.
-pub fn encode_into(header: &FrameHeader, key: &[u8], payload: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(key.len() <= MAX_KEY_BYTES);
-    let start = out.len();
-    out.reserve(encoded_len(key.len(), payload.len()));
-    out.put_slice(MAGIC);
-    out.put_u8(if header.tombstone { FLAG_TOMBSTONE } else { 0 });
-    out.put_u8(header.shard_index);
-    out.put_u8(header.data_shards);
-    out.put_u8(header.parity_shards);
-    out.put_u64(header.version.timestamp);
-    out.put_u64(header.version.writer);
-    out.put_u64(header.expiry_ms);
-    out.put_u64(header.value_len);
-    out.put_u64(header.value_checksum);
-    out.put_u16(key.len() as u16);
-    out.put_u32(payload.len() as u32);
-    out.put_slice(key);
-    out.put_slice(payload);
-    let checksum = xxh3_64(&out[start..]);
-    out.put_u64(checksum);
+impl<Key: AsRef<[u8]>, Payload: AsRef<[u8]>> Frame<Key, Payload> {
+    /// The geometry the frame claims (checked against its index on decode).
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            data_shards: self.data_shards,
+            parity_shards: self.parity_shards,
+        }
+    }
+
+    /// Length of the encoded frame.
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(self.key.as_ref().len(), self.payload.as_ref().len())
+    }
+
+    /// Appends the frame to `out` in the wire format of the module docs: the one
+    /// encoder of that format.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let (key, payload) = (self.key.as_ref(), self.payload.as_ref());
+        debug_assert!(key.len() <= MAX_KEY_BYTES);
+        let start = out.len();
+        out.reserve(encoded_len(key.len(), payload.len()));
+        out.put_slice(MAGIC);
+        out.put_u8(if self.tombstone { FLAG_TOMBSTONE } else { 0 });
+        out.put_u8(self.shard_index);
+        out.put_u8(self.data_shards);
+        out.put_u8(self.parity_shards);
+        out.put_u64(self.version.timestamp);
+        out.put_u64(self.version.writer);
+        out.put_u64(self.expiry_ms);
+        out.put_u64(self.value_len);
+        out.put_u64(self.value_checksum);
+        out.put_u16(key.len() as u16);
+        out.put_u32(payload.len() as u32);
+        out.put_slice(key);
+        out.put_slice(payload);
+        let checksum = xxh3_64(&out[start..]);
+        out.put_u64(checksum);
+    }
 }
 
 fn read_u16(bytes: &[u8], at: usize) -> u16 {

@@ -6,6 +6,7 @@
 //!   the basis of last-writer-wins and of the aux node's conditional put.
 //! - [`frame`]: the binary shard frame, defined once: header (key, version, shard
 //!   index, `k`, `m`, value length, expiry, value checksum), payload, frame checksum.
+//! - [`geometry`]: `k` data + `m` parity shards, the one type for it.
 //! - [`codec`]: Reed-Solomon encoding of a value into `k + m` shards and back.
 //! - [`ring`]: the consistent-hash ring that maps a key to `k + m` distinct aux nodes.
 //! - [`aux_client`]: the master's typed HTTP client for the aux node API ([`wire`]).
@@ -20,6 +21,7 @@ pub mod aux_client;
 pub mod cluster_token;
 pub mod codec;
 pub mod frame;
+pub mod geometry;
 pub mod http_limits;
 pub mod http_metrics;
 pub mod multi_get;

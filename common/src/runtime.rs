@@ -1,12 +1,16 @@
-//! Process plumbing shared by every shardcache binary: logging, binding the listener
-//! with a clear error, announcing the bound address, the shutdown signal and the
-//! graceful-shutdown deadline.
+//! Process plumbing shared by every shardcache binary: logging, the flags every
+//! node takes ([`NodeArgs`]), binding the listener with a clear error, announcing
+//! the bound address, the shutdown signal, the graceful-shutdown deadline, and
+//! [`serve`], how a node process starts.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+use crate::cluster_token::ClusterTokenArgs;
+use crate::units::HumanDuration;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -195,4 +199,68 @@ mod tests {
         let workers = block_on_with_workers(3, async { Handle::current().metrics().num_workers() });
         assert_eq!(workers, 3);
     }
+}
+
+/// Flags that masters and aux nodes take alike, declared once and flattened into
+/// both configurations (each keeps its own `--listen` and `--header-read-timeout`,
+/// whose defaults differ).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Serve `GET /metrics` on this address instead of on --listen, so the metrics
+    /// need not be reachable where the API is (port 0 picks a free port).
+    #[arg(long, env = "SHARDCACHE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Most client connections served at once; one more is closed as soon as it is
+    /// accepted. Masters keep a pool of connections to every aux node (up to 256
+    /// idle each): on aux nodes, leave room for all of them.
+    #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// How far clocks may be off. A master measures its offset to the aux nodes
+    /// with its health probes and past this refuses writes (503) and reports
+    /// `degraded`; it also caps how far a version read from another writer moves
+    /// the master's clock. An aux node refuses shards stamped further than this
+    /// ahead of its own clock (400). Synchronised hosts are within milliseconds;
+    /// keep it equal on every node.
+    #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
+    pub max_clock_skew: HumanDuration,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+
+    #[command(flatten)]
+    pub cluster_token: ClusterTokenArgs,
+
+    /// Exit when standard input closes (set by the launcher, so that nodes never
+    /// outlive it).
+    #[arg(long, env = "SHARDCACHE_STOP_WITH_PARENT", hide = true)]
+    pub stop_with_parent: bool,
+}
+
+/// A node process's configuration, as [`serve`] starts it.
+pub trait NodeConfig: Sized {
+    /// Where to serve the node's API.
+    fn listen(&self) -> SocketAddr;
+    /// The flags every node takes.
+    fn node(&self) -> &NodeArgs;
+    /// Checks what clap cannot, with a message that names the flag.
+    fn validate(&self) -> Result<(), String>;
+    /// Serves on `listener` until `shutdown` resolves.
+    fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = anyhow::Result<()>>;
+}
+
+/// Runs a node process: validates its flags, binds and announces `--listen`, and
+/// serves until Ctrl-C, SIGTERM or (with `--stop-with-parent`) the launcher's end.
+pub async fn serve(config: impl NodeConfig) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let listener = bind_and_announce(config.listen())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let signal = shutdown_signal(config.node().stop_with_parent);
+    config.run(listener, signal).await
 }

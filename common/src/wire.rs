@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
+use crate::geometry::Geometry;
 use crate::version::Version;
 
 /// Collection path for storing shards.
@@ -78,6 +79,16 @@ pub struct InventoryEntry {
     pub parity_shards: u8,
     pub tombstone: bool,
     pub expiry_ms: u64,
+}
+
+impl InventoryEntry {
+    /// The geometry the listed shard was written with.
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            data_shards: self.data_shards,
+            parity_shards: self.parity_shards,
+        }
+    }
 }
 
 /// One page of an inventory; `next` is the cursor of the following page, if any.
@@ -142,14 +153,7 @@ pub struct AuxHealth {
     /// The only geometry the node stores (its `--data-shards`/`--parity-shards`);
     /// absent when it takes any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub geometry: Option<StoredGeometry>,
-}
-
-/// An aux node's configured (k, m).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredGeometry {
-    pub data_shards: u8,
-    pub parity_shards: u8,
+    pub geometry: Option<Geometry>,
 }
 
 /// The store figures a master shows in its cluster view.

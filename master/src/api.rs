@@ -16,15 +16,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use shardcache_common::geometry::Geometry;
 use shardcache_common::version::Version;
 use shardcache_common::{http_limits, http_metrics};
 
-use crate::cluster::ClusterReport;
+use crate::cluster::{Cluster, ClusterReport};
 use crate::config::{MasterConfig, MAX_TTL_SECONDS};
 use crate::data_path::{DataPath, Miss};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
-use crate::metrics::{ClockFigures, ReadResult};
+use crate::metrics::{ClockFigures, MasterMetrics};
 use crate::repair::{RepairStatus, Repairer};
 use shardcache_common::cluster_token::{self, ClusterToken};
 
@@ -44,21 +45,24 @@ pub const MISS_HEADER: HeaderName = HeaderName::from_static("shardcache-miss");
 /// Shared state of the master's routes.
 #[derive(Clone)]
 pub struct AppState {
-    pub data: Arc<DataPath>,
-    pub repairer: Arc<Repairer>,
-    pub limits: Limits,
-    pub geometry: Geometry,
+    pub(crate) data: Arc<DataPath>,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) metrics: Arc<MasterMetrics>,
+    pub(crate) repairer: Arc<Repairer>,
+    pub(crate) limits: Limits,
+    pub(crate) geometry: GeometryReport,
     /// Serve `/metrics` on the client listener (false with `--metrics-listen`).
-    pub metrics_on_client_listener: bool,
+    pub(crate) metrics_on_client_listener: bool,
     /// Required on the admin API, `/cluster…` (see `cluster_token`).
-    pub cluster_token: ClusterToken,
+    pub(crate) cluster_token: ClusterToken,
 }
 
-/// The erasure-coding geometry, as `/health` and `/cluster` show it.
+/// The erasure-coding geometry and the write quorum beside it, as `/health` and
+/// `/cluster` show them.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct Geometry {
-    pub data_shards: u8,
-    pub parity_shards: u8,
+pub struct GeometryReport {
+    #[serde(flatten)]
+    pub geometry: Geometry,
     pub write_quorum: u8,
 }
 
@@ -105,7 +109,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     http_limits::apply(router, state.limits.max_body_bytes, REQUEST_DEADLINE)
         .layer(middleware::from_fn_with_state(
-            state.data.metrics().http.clone(),
+            state.metrics.http.clone(),
             http_metrics::track,
         ))
         .with_state(state)
@@ -121,12 +125,12 @@ pub fn metrics_app(state: AppState) -> Router {
 
 /// Prometheus text format; see [`crate::metrics`].
 async fn metrics(State(state): State<AppState>) -> Response {
-    let view = state.data.cluster().view();
+    let view = state.cluster.view();
     let nodes = view
         .node_states()
         .map(|(node, state)| (node, state.as_str()));
     let repair = state.repairer.status().sample();
-    let report = state.data.cluster().report();
+    let report = state.cluster.report();
     let clocks = ClockFigures {
         lead_seconds: report.clock.lead_ms.map(|ms| ms as f64 / 1e3),
         beyond_bound: report.clock.beyond_bound,
@@ -229,23 +233,9 @@ async fn get_value(
     KeyPath(key): KeyPath,
 ) -> Result<Response, ApiError> {
     validate_key(&key, &state.limits)?;
-    let metrics = state.data.metrics();
-    let found = match state.data.read(&key).await {
-        Ok(Ok(found)) => {
-            metrics.read(ReadResult::Hit);
-            if found.degraded {
-                metrics.degraded_read();
-            }
-            found
-        }
-        Ok(Err(miss)) => {
-            metrics.read(ReadResult::Miss);
-            return Ok(not_found(&key, miss));
-        }
-        Err(error) => {
-            metrics.read(ReadResult::Unavailable);
-            return Err(error);
-        }
+    let found = match state.data.read(&key).await? {
+        Ok(found) => found,
+        Err(miss) => return Ok(not_found(&key, miss)),
     };
     let value = String::from_utf8(found.value).map_err(|_| {
         ApiError::NotAcceptable(
@@ -271,7 +261,7 @@ async fn delete_value(
 /// clock is off by more than `--max-clock-skew` (this master's: writes refused;
 /// an aux node's: its TTLs run early or late), `unavailable` below the quorum.
 fn cluster_health(state: &AppState) -> (&'static str, usize, usize) {
-    let cluster = state.data.cluster();
+    let cluster = &state.cluster;
     let view = cluster.view();
     let (up, total) = (view.up_nodes().len(), view.all_nodes().len());
     let clocks_agree = !cluster.clock_report().beyond_bound && !cluster.any_clock_off();
@@ -292,10 +282,10 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "status": status,
         "aux_nodes_up": up,
         "aux_nodes": total,
-        "data_shards": state.geometry.data_shards,
-        "parity_shards": state.geometry.parity_shards,
+        "data_shards": state.geometry.geometry.data_shards,
+        "parity_shards": state.geometry.geometry.parity_shards,
         "write_quorum": state.geometry.write_quorum,
-        "clock": state.data.cluster().clock_report(),
+        "clock": state.cluster.clock_report(),
     }))
 }
 
@@ -318,7 +308,7 @@ async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>,
 struct ClusterResponse {
     #[serde(flatten)]
     cluster: ClusterReport,
-    geometry: Geometry,
+    geometry: GeometryReport,
     read_repaired_shards: u64,
     repair: RepairStatus,
 }
@@ -326,9 +316,9 @@ struct ClusterResponse {
 /// The cluster as this master sees it: nodes, states, ring and repair progress.
 async fn cluster(State(state): State<AppState>) -> Json<ClusterResponse> {
     Json(ClusterResponse {
-        cluster: state.data.cluster().report(),
+        cluster: state.cluster.report(),
         geometry: state.geometry,
-        read_repaired_shards: state.data.metrics().read_repaired_shards(),
+        read_repaired_shards: state.metrics.read_repaired_shards(),
         repair: state.repairer.status(),
     })
 }
@@ -344,7 +334,7 @@ async fn add_node(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<AddNodeRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let doc = state.data.cluster().add_node(&request.address).await?;
+    let doc = state.cluster.add_node(&request.address).await?;
     Ok(Json(
         json!({ "added": request.address.trim(), "membership": doc }),
     ))
@@ -354,7 +344,7 @@ async fn remove_node(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let doc = state.data.cluster().remove_node(&id).await?;
+    let doc = state.cluster.remove_node(&id).await?;
     Ok(Json(json!({ "removed": id, "membership": doc })))
 }
 

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shardcache_common::cluster_token::ClusterTokenArgs;
 use shardcache_common::frame::MAX_KEY_BYTES;
-use shardcache_common::runtime::RuntimeArgs;
+use shardcache_common::geometry::Geometry;
+use shardcache_common::runtime::NodeArgs;
 use shardcache_common::server::ServerLimits;
 use shardcache_common::units::{ByteSize, HumanDuration};
 use shardcache_common::{multi_get, multi_put};
@@ -19,10 +19,8 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Serve `GET /metrics` on this address instead of on --listen, so the metrics
-    /// need not be reachable where the API is (port 0 picks a free port).
-    #[arg(long, env = "SHARDCACHE_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub node: NodeArgs,
 
     /// Aux nodes as host:port, comma-separated. Every master should be given the
     /// same set (order does not matter); nodes can also be added at run time
@@ -145,35 +143,10 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_HEADER_READ_TIMEOUT", default_value = "75s")]
     pub header_read_timeout: HumanDuration,
 
-    /// Most client connections served at once; one more is closed as soon as it is
-    /// accepted.
-    #[arg(long, env = "SHARDCACHE_MAX_CONNECTIONS", default_value_t = 4096)]
-    pub max_connections: usize,
-
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
-
-    /// How far this master's clock may be from the aux nodes' (measured by the
-    /// health probes) before it refuses writes with a 503 and reports `degraded`.
-    /// It also caps how far a version read from another writer moves this master's
-    /// clock. Synchronised hosts are within milliseconds; a second means time sync is
-    /// broken, and it is well above a probe's round trip, so a slow probe cannot trip
-    /// it (only skew beyond the bound by more than half the round trip counts).
-    #[arg(long, env = "SHARDCACHE_MAX_CLOCK_SKEW", default_value = "1s")]
-    pub max_clock_skew: HumanDuration,
-
-    #[command(flatten)]
-    pub cluster_token: ClusterTokenArgs,
-
     /// Repair without taking the lease (tests only: proves that concurrent repairs
     /// are harmless).
     #[arg(long, hide = true)]
     pub repair_ignore_lease: bool,
-
-    /// Exit when standard input closes (set by the launcher, so that nodes never
-    /// outlive it).
-    #[arg(long, env = "SHARDCACHE_STOP_WITH_PARENT", hide = true)]
-    pub stop_with_parent: bool,
 }
 
 /// Longest TTL accepted, so expiry arithmetic can never overflow: 10 years.
@@ -184,7 +157,16 @@ impl MasterConfig {
     pub fn server_limits(&self) -> ServerLimits {
         ServerLimits {
             header_read_timeout: self.header_read_timeout.0,
-            max_connections: self.max_connections,
+            max_connections: self.node.max_connections,
+        }
+    }
+
+    /// The geometry from `--data-shards` and `--parity-shards` (checked by
+    /// [`validate`](Self::validate)).
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            data_shards: self.data_shards,
+            parity_shards: self.parity_shards,
         }
     }
 

@@ -41,17 +41,6 @@ impl ApiError {
     }
 }
 
-impl From<crate::cluster::MembershipError> for ApiError {
-    fn from(error: crate::cluster::MembershipError) -> Self {
-        use crate::cluster::MembershipError;
-        match error {
-            MembershipError::Invalid(_) => ApiError::BadRequest(error.to_string()),
-            MembershipError::Unknown(_) => ApiError::NotFound(error.to_string()),
-            MembershipError::Refused(_) => ApiError::Conflict(error.to_string()),
-        }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

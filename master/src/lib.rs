@@ -21,14 +21,14 @@
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
 pub mod api;
-pub mod cluster;
+mod cluster;
 pub mod config;
-pub mod data_path;
+mod data_path;
 pub mod error;
 pub mod extract;
-pub mod metrics;
-pub mod repair;
-pub mod shards;
+mod metrics;
+mod repair;
+mod shards;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,7 +40,6 @@ use shardcache_common::codec::Codec;
 use shardcache_common::http_metrics;
 use shardcache_common::runtime::{self, Shutdown};
 use shardcache_common::server;
-use shardcache_common::wire::StoredGeometry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +47,7 @@ pub use api::{app, AppState};
 use cluster::{Cluster, ClusterSettings};
 pub use config::MasterConfig;
 use data_path::DataPath;
+pub use data_path::Miss;
 pub use error::ApiError;
 use metrics::MasterMetrics;
 use repair::{RepairSettings, Repairer};
@@ -78,7 +78,11 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
     // A shard response is one frame: at most a shard of the largest value plus header.
     let max_shard_bytes =
         config.max_value_size.bytes() as usize / usize::from(config.data_shards) + (1 << 20);
-    let token = config.cluster_token.load().map_err(anyhow::Error::msg)?;
+    let token = config
+        .node
+        .cluster_token
+        .load()
+        .map_err(anyhow::Error::msg)?;
     let client = AuxClient::new(config.shard_timeout.0, max_shard_bytes).with_token(&token);
     let total_shards = usize::from(config.data_shards) + usize::from(config.parity_shards);
     let settings = ClusterSettings {
@@ -93,9 +97,8 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         probe_timeout: config.probe_timeout.0,
         suspect_after: config.suspect_after,
         down_after: config.down_after,
-        repair_grace: config.repair_grace.0,
         min_members: total_shards,
-        max_clock_skew: config.max_clock_skew.0,
+        max_clock_skew: config.node.max_clock_skew.0,
     };
     let probe_client = AuxClient::new(config.probe_timeout.0, 1 << 20).with_token(&token);
     let cluster = Arc::new(Cluster::new(settings, probe_client));
@@ -120,10 +123,10 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         cluster.clone(),
         codec.clone(),
         shards.clone(),
-        metrics,
+        metrics.clone(),
         usize::from(config.write_quorum()),
         config.tombstone_ttl.0,
-        config.max_clock_skew.0,
+        config.node.max_clock_skew.0,
     ));
     let repair_settings = RepairSettings {
         interval: config.repair_interval.0,
@@ -134,17 +137,23 @@ pub fn state_from_config(config: &MasterConfig) -> anyhow::Result<AppState> {
         ignore_lease: config.repair_ignore_lease,
         abandon_after: config.repair_abandon_after.0,
     };
-    let repairer = Arc::new(Repairer::new(cluster, shards, codec, repair_settings));
+    let repairer = Arc::new(Repairer::new(
+        cluster.clone(),
+        shards,
+        codec,
+        repair_settings,
+    ));
     Ok(AppState {
         data,
+        cluster,
+        metrics,
         repairer,
         limits: api::Limits::from_config(config),
-        geometry: api::Geometry {
-            data_shards: config.data_shards,
-            parity_shards: config.parity_shards,
+        geometry: api::GeometryReport {
+            geometry: config.geometry(),
             write_quorum: config.write_quorum(),
         },
-        metrics_on_client_listener: config.metrics_listen.is_none(),
+        metrics_on_client_listener: config.node.metrics_listen.is_none(),
         cluster_token: token,
     })
 }
@@ -160,26 +169,22 @@ pub async fn run(
     let state = state_from_config(&config)?;
     let shutdown = Shutdown::new(shutdown, DRAIN_TIMEOUT);
     http_metrics::serve_metrics_listener(
-        config.metrics_listen,
+        config.node.metrics_listen,
         api::metrics_app(state.clone()),
         shutdown.requested(),
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    let cluster = state.data.cluster().clone();
+    let cluster = state.cluster.clone();
     cluster.probe_round().await;
     // Aux nodes configured for another k and m would refuse every shard.
     cluster
-        .check_geometry(StoredGeometry {
-            data_shards: config.data_shards,
-            parity_shards: config.parity_shards,
-        })
+        .check_geometry(config.geometry())
         .map_err(anyhow::Error::msg)?;
     tracing::info!(
         listen = %listener.local_addr()?,
         aux_nodes_up = cluster.view().up_nodes().len(),
-        data_shards = config.data_shards,
-        parity_shards = config.parity_shards,
+        geometry = %config.geometry(),
         write_quorum = config.write_quorum(),
         "master serving"
     );
@@ -200,13 +205,26 @@ pub async fn run(
     served
 }
 
-/// Validates the configuration, binds `config.listen`, prints `listening on ADDR`
-/// and serves until Ctrl-C/SIGTERM.
-pub async fn serve(config: MasterConfig) -> anyhow::Result<()> {
-    config.validate().map_err(anyhow::Error::msg)?;
-    let listener = runtime::bind_and_announce(config.listen)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let signal = runtime::shutdown_signal(config.stop_with_parent);
-    run(config, listener, signal).await
+/// How [`runtime::serve`] starts this node: `shardcache master` and the
+/// `shardcache-master` binary run `runtime::serve(config)`.
+impl runtime::NodeConfig for MasterConfig {
+    fn listen(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    fn node(&self) -> &runtime::NodeArgs {
+        &self.node
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        MasterConfig::validate(self)
+    }
+
+    async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        run(self, listener, shutdown).await
+    }
 }

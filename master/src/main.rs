@@ -11,6 +11,9 @@ fn main() {
     let config = shardcache_master::MasterConfig::parse();
     shardcache_common::runtime::init_logging();
     shardcache_common::runtime::exit_on_error(
-        config.runtime.block_on(shardcache_master::serve(config)),
+        config
+            .node
+            .runtime
+            .block_on(shardcache_common::runtime::serve(config)),
     );
 }

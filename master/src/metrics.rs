@@ -18,7 +18,7 @@ use shardcache_common::http_metrics::{advance_counter as advance, HttpMetrics, R
 
 /// A master→aux shard operation, the `op` label.
 #[derive(Clone, Copy, Debug)]
-pub enum ShardOp {
+pub(crate) enum ShardOp {
     Put,
     Get,
     Delete,
@@ -36,7 +36,7 @@ impl ShardOp {
 
 /// How a shard call ended, the `outcome` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShardOutcome {
+pub(crate) enum ShardOutcome {
     Ok,
     /// A get found nothing.
     Miss,
@@ -63,7 +63,7 @@ impl ShardOutcome {
         }
     }
 
-    pub fn of_put(result: &Result<PutOutcome, AuxError>) -> Self {
+    pub(crate) fn of_put(result: &Result<PutOutcome, AuxError>) -> Self {
         match result {
             Ok(PutOutcome::Stored) => ShardOutcome::Ok,
             Ok(PutOutcome::Superseded(_)) => ShardOutcome::Stale,
@@ -71,7 +71,7 @@ impl ShardOutcome {
         }
     }
 
-    pub fn of_get<T>(result: &Result<Option<T>, AuxError>) -> Self {
+    pub(crate) fn of_get<T>(result: &Result<Option<T>, AuxError>) -> Self {
         match result {
             Ok(Some(_)) => ShardOutcome::Ok,
             Ok(None) => ShardOutcome::Miss,
@@ -89,7 +89,7 @@ impl ShardOutcome {
 
 /// What a `GET /data/{key}` found, the `result` label of `reads_total`.
 #[derive(Clone, Copy, Debug)]
-pub enum ReadResult {
+pub(crate) enum ReadResult {
     Hit,
     Miss,
     Unavailable,
@@ -97,7 +97,7 @@ pub enum ReadResult {
 
 /// What met a shard of a foreign geometry, the `seen_by` label.
 #[derive(Clone, Copy, Debug)]
-pub enum ForeignShardSeenBy {
+pub(crate) enum ForeignShardSeenBy {
     Read,
     Repair,
 }
@@ -115,7 +115,7 @@ impl ForeignShardSeenBy {
 
 /// Which request missed the write quorum, the `op` label.
 #[derive(Clone, Copy, Debug)]
-pub enum QuorumOp {
+pub(crate) enum QuorumOp {
     Write,
     Delete,
 }
@@ -126,7 +126,7 @@ const BATCH_KEY_BUCKETS: [f64; 11] = [
 ];
 
 /// Records shard calls to one node of one kind; see [`MasterMetrics::shard_calls`].
-pub struct ShardCalls<'a> {
+pub(crate) struct ShardCalls<'a> {
     metrics: &'a MasterMetrics,
     node: &'a str,
     op: ShardOp,
@@ -136,11 +136,11 @@ pub struct ShardCalls<'a> {
 }
 
 impl ShardCalls<'_> {
-    pub fn node(&self) -> &str {
+    pub(crate) fn node(&self) -> &str {
         self.node
     }
 
-    pub fn record(&mut self, outcome: ShardOutcome, took: Duration) {
+    pub(crate) fn record(&mut self, outcome: ShardOutcome, took: Duration) {
         let (requests, duration) = self.by_outcome[outcome.index()].get_or_insert_with(|| {
             let labels = [self.node, self.op.label(), outcome.label()];
             (
@@ -154,9 +154,9 @@ impl ShardCalls<'_> {
 }
 
 /// Every metric a master exports, in its own registry.
-pub struct MasterMetrics {
+pub(crate) struct MasterMetrics {
     registry: Registry,
-    pub http: HttpMetrics,
+    pub(crate) http: HttpMetrics,
     shard_requests: IntCounterVec,
     shard_duration: HistogramVec,
     shard_batch_keys: Histogram,
@@ -201,7 +201,7 @@ struct RepairMetrics {
 }
 
 impl MasterMetrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::build().expect("metric names and labels are valid and registered once")
     }
 
@@ -342,13 +342,19 @@ impl MasterMetrics {
         Ok(metrics)
     }
 
-    pub fn shard_call(&self, node: &str, op: ShardOp, outcome: ShardOutcome, took: Duration) {
+    pub(crate) fn shard_call(
+        &self,
+        node: &str,
+        op: ShardOp,
+        outcome: ShardOutcome,
+        took: Duration,
+    ) {
         self.shard_calls(node, op).record(outcome, took);
     }
 
     /// A recorder for many shard calls to `node` of kind `op` (one batch's): it
     /// looks each outcome's counter and histogram up once, not once per call.
-    pub fn shard_calls<'a>(&'a self, node: &'a str, op: ShardOp) -> ShardCalls<'a> {
+    pub(crate) fn shard_calls<'a>(&'a self, node: &'a str, op: ShardOp) -> ShardCalls<'a> {
         ShardCalls {
             metrics: self,
             node,
@@ -358,30 +364,30 @@ impl MasterMetrics {
     }
 
     /// Records the size of one batched shard read sent to an aux node.
-    pub fn shard_batch(&self, keys: usize) {
+    pub(crate) fn shard_batch(&self, keys: usize) {
         self.shard_batch_keys.observe(keys as f64);
     }
 
     /// Records the size of one batched shard write sent to an aux node.
-    pub fn shard_put_batch(&self, frames: usize) {
+    pub(crate) fn shard_put_batch(&self, frames: usize) {
         self.shard_put_batch_frames.observe(frames as f64);
     }
 
     /// Counts a frame that failed its checksum on the way from an aux node.
-    pub fn shard_error(&self, error: &AuxError) {
+    pub(crate) fn shard_error(&self, error: &AuxError) {
         if matches!(error, AuxError::BadFrame(FrameError::ChecksumMismatch)) {
             self.checksum_mismatches.inc();
         }
     }
 
     /// Counts a shard of another geometry that a read or repair (`seen_by`) ignored.
-    pub fn foreign_shard(&self, seen_by: ForeignShardSeenBy) {
+    pub(crate) fn foreign_shard(&self, seen_by: ForeignShardSeenBy) {
         self.foreign_shards
             .with_label_values(&[seen_by.label()])
             .inc();
     }
 
-    pub fn read(&self, result: ReadResult) {
+    pub(crate) fn read(&self, result: ReadResult) {
         let label = match result {
             ReadResult::Hit => "hit",
             ReadResult::Miss => "miss",
@@ -390,20 +396,20 @@ impl MasterMetrics {
         self.reads.with_label_values(&[label]).inc();
     }
 
-    pub fn degraded_read(&self) {
+    pub(crate) fn degraded_read(&self) {
         self.degraded_reads.inc();
     }
 
     /// Counts shards that did not decode; `checksum` when the rebuilt value failed
     /// its checksum (as opposed to inconsistent shards).
-    pub fn decode_failure(&self, checksum: bool) {
+    pub(crate) fn decode_failure(&self, checksum: bool) {
         self.decode_failures.inc();
         if checksum {
             self.checksum_mismatches.inc();
         }
     }
 
-    pub fn write_quorum_failure(&self, op: QuorumOp) {
+    pub(crate) fn write_quorum_failure(&self, op: QuorumOp) {
         let label = match op {
             QuorumOp::Write => "write",
             QuorumOp::Delete => "delete",
@@ -411,18 +417,18 @@ impl MasterMetrics {
         self.write_quorum_failures.with_label_values(&[label]).inc();
     }
 
-    pub fn read_repaired_shard(&self) {
+    pub(crate) fn read_repaired_shard(&self) {
         self.read_repaired_shards.inc();
     }
 
-    pub fn read_repaired_shards(&self) -> u64 {
+    pub(crate) fn read_repaired_shards(&self) -> u64 {
         self.read_repaired_shards.get()
     }
 
     /// Copies the node states, placement epoch and repair figures in, then renders
     /// the text format. `nodes` gives each aux node's id and state label (`up`,
     /// `suspect` or `down`).
-    pub fn render<'a>(
+    pub(crate) fn render<'a>(
         &self,
         nodes: impl Iterator<Item = (&'a str, &'static str)>,
         placement_epoch: u64,
@@ -498,11 +504,11 @@ impl Default for MasterMetrics {
 }
 
 /// The clock figures copied in at each scrape (see `cluster/clock.rs`).
-pub struct ClockFigures<'a> {
-    pub lead_seconds: Option<f64>,
-    pub beyond_bound: bool,
+pub(crate) struct ClockFigures<'a> {
+    pub(crate) lead_seconds: Option<f64>,
+    pub(crate) beyond_bound: bool,
     /// Each identified aux node's clock minus this master's.
-    pub node_offsets_seconds: Vec<(&'a str, f64)>,
+    pub(crate) node_offsets_seconds: Vec<(&'a str, f64)>,
 }
 
 /// The states an aux node can be in, as the `state` label spells them.
@@ -512,26 +518,26 @@ const NODE_STATES: [&str; 3] = ["up", "suspect", "down"];
 /// the worker's state. The repairer fills it in; this module knows nothing else of
 /// repair.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct RepairSample {
-    pub keys_scanned: u64,
-    pub keys_repaired: u64,
-    pub shards_rebuilt: u64,
-    pub shards_moved: u64,
-    pub shards_deleted: u64,
-    pub bytes_written: u64,
-    pub keys_unreadable: u64,
-    pub failures: u64,
-    pub passes: u64,
-    pub backlog_ratio: f64,
-    pub complete: bool,
-    pub running: bool,
-    pub lease_held: bool,
-    pub last_pass_seconds: Option<f64>,
+pub(crate) struct RepairSample {
+    pub(crate) keys_scanned: u64,
+    pub(crate) keys_repaired: u64,
+    pub(crate) shards_rebuilt: u64,
+    pub(crate) shards_moved: u64,
+    pub(crate) shards_deleted: u64,
+    pub(crate) bytes_written: u64,
+    pub(crate) keys_unreadable: u64,
+    pub(crate) failures: u64,
+    pub(crate) passes: u64,
+    pub(crate) backlog_ratio: f64,
+    pub(crate) complete: bool,
+    pub(crate) running: bool,
+    pub(crate) lease_held: bool,
+    pub(crate) last_pass_seconds: Option<f64>,
     /// The running pass's budget: keys allowed in flight, their upper bound, and
     /// the client slowdown it follows (all 0 when no pass runs).
-    pub budget_keys: u64,
-    pub budget_limit_keys: u64,
-    pub client_slowdown: f64,
+    pub(crate) budget_keys: u64,
+    pub(crate) budget_limit_keys: u64,
+    pub(crate) client_slowdown: f64,
 }
 
 impl RepairMetrics {

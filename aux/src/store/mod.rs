@@ -50,8 +50,6 @@ use index::{tag_of, Index};
 use record::{ExpiryForm, RecordView, Shapes};
 use segments::{segment_of, Segments};
 
-pub use record::TYPICAL_HEADER_LEN;
-
 /// What [`ShardStore::put`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutResult {

@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 
-use shardcache_common::frame::{self, shard_len, FrameHeader, ShardFrame};
+use shardcache_common::frame::{self, shard_len, FrameRef, ShardFrame};
 use shardcache_common::version::Version;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -267,7 +267,8 @@ impl<'a> RecordView<'a> {
             ExpiryForm::Deadline => self.expiry_ms,
             ExpiryForm::TimeLeftAt(now_ms) => frame::time_left_until(self.expiry_ms, now_ms),
         };
-        let header = FrameHeader {
+        FrameRef {
+            key: self.key,
             version: self.version(),
             tombstone: self.is_tombstone(),
             shard_index: self.shape.shard_index,
@@ -276,8 +277,9 @@ impl<'a> RecordView<'a> {
             expiry_ms,
             value_len: self.value_len,
             value_checksum: self.value_checksum,
-        };
-        frame::encode_into(&header, self.key, self.payload, out);
+            payload: self.payload,
+        }
+        .encode_into(out);
     }
 
     /// Length of [`encode_frame`](Self::encode_frame)'s output.

@@ -28,9 +28,9 @@ use shardcache_common::server;
 use shardcache_common::version::{HybridClock, Version};
 use shardcache_master::api::{self, Limits, SetRequest, REQUEST_DEADLINE};
 use shardcache_master::config::MasterConfig;
-use shardcache_master::data_path::Miss;
 use shardcache_master::extract::{JsonBody, KeyPath};
 use shardcache_master::ApiError;
+use shardcache_master::Miss;
 
 /// How long in-flight requests get to finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,7 +98,7 @@ fn app_with(defaults: &MasterConfig) -> Router {
     let limits = Limits::from_config(defaults);
     let store = Arc::new(Store {
         values: Mutex::new(HashMap::new()),
-        clock: HybridClock::with_random_writer(defaults.max_clock_skew.0),
+        clock: HybridClock::with_random_writer(defaults.node.max_clock_skew.0),
         limits,
     });
     let router = Router::new()

@@ -20,17 +20,17 @@ use serde::Serialize;
 
 /// One probe's view of an aux node's clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct ClockSample {
+pub(crate) struct ClockSample {
     /// The aux node's clock minus this master's, in milliseconds.
-    pub offset_ms: i64,
+    pub(crate) offset_ms: i64,
     /// Half the probe's round trip: the true offset is within this of `offset_ms`.
-    pub uncertainty_ms: u64,
+    pub(crate) uncertainty_ms: u64,
 }
 
 impl ClockSample {
     /// The sample from a probe sent at `sent_ms` and answered at `received_ms` (this
     /// master's Unix milliseconds) by a node whose clock read `aux_ms` meanwhile.
-    pub fn from_probe(sent_ms: u64, received_ms: u64, aux_ms: u64) -> Self {
+    pub(crate) fn from_probe(sent_ms: u64, received_ms: u64, aux_ms: u64) -> Self {
         let received_ms = received_ms.max(sent_ms);
         let round_trip = received_ms - sent_ms;
         let midpoint = sent_ms + round_trip / 2;
@@ -41,27 +41,27 @@ impl ClockSample {
     }
 
     /// Whether this sample proves the offset is beyond `max_skew_ms` either way.
-    pub fn proves_beyond(&self, max_skew_ms: u64) -> bool {
+    pub(crate) fn proves_beyond(&self, max_skew_ms: u64) -> bool {
         self.offset_ms.unsigned_abs() > max_skew_ms.saturating_add(self.uncertainty_ms)
     }
 }
 
 /// This master's clock against the aux nodes', as `/cluster` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct ClockReport {
+pub(crate) struct ClockReport {
     /// How far this master's clock is ahead of the aux nodes' (the median node's),
     /// in milliseconds; negative when behind. `None` before any node answered.
-    pub lead_ms: Option<i64>,
+    pub(crate) lead_ms: Option<i64>,
     /// How sure `lead_ms` is (half the round trip of the median node's probe).
-    pub uncertainty_ms: Option<u64>,
-    pub max_skew_ms: u64,
+    pub(crate) uncertainty_ms: Option<u64>,
+    pub(crate) max_skew_ms: u64,
     /// Whether the lead is proven beyond `max_skew_ms`: writes are refused.
-    pub beyond_bound: bool,
+    pub(crate) beyond_bound: bool,
 }
 
 /// This master's lead over the aux nodes from their latest samples: minus the
 /// median offset (the lower median for an even count).
-pub fn master_lead(samples: &[ClockSample], max_skew_ms: u64) -> ClockReport {
+pub(crate) fn master_lead(samples: &[ClockSample], max_skew_ms: u64) -> ClockReport {
     let mut sorted = samples.to_vec();
     sorted.sort_by_key(|sample| sample.offset_ms);
     let median = sorted.get(sorted.len().saturating_sub(1) / 2).copied();
@@ -79,7 +79,7 @@ pub fn master_lead(samples: &[ClockSample], max_skew_ms: u64) -> ClockReport {
 
 /// Whether one aux node's clock is off from the median node's by more than the
 /// bound (so its TTLs run early or late and it refuses good writers' versions).
-pub fn node_is_off(node: ClockSample, report: &ClockReport) -> bool {
+pub(crate) fn node_is_off(node: ClockSample, report: &ClockReport) -> bool {
     let Some(lead) = report.lead_ms else {
         return false;
     };

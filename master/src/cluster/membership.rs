@@ -9,18 +9,31 @@ use std::time::Instant;
 use shardcache_common::aux_client::PutOutcome;
 use shardcache_common::wire::MembershipDoc;
 
+use crate::error::ApiError;
+
 use super::probe::ProbeAnswer;
 use super::{Cluster, Member, Source};
 
 /// Why an admin membership change was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum MembershipError {
+pub(crate) enum MembershipError {
     #[error("{0}")]
     Invalid(String),
     #[error("no aux node with id or address {0:?}")]
     Unknown(String),
     #[error("{0}")]
     Refused(String),
+}
+
+/// Membership changes asked for through the admin API fail with these statuses.
+impl From<MembershipError> for ApiError {
+    fn from(error: MembershipError) -> Self {
+        match error {
+            MembershipError::Invalid(_) => ApiError::BadRequest(error.to_string()),
+            MembershipError::Unknown(_) => ApiError::NotFound(error.to_string()),
+            MembershipError::Refused(_) => ApiError::Conflict(error.to_string()),
+        }
+    }
 }
 
 /// The addresses `--aux-dns` last resolved to, and when.
@@ -32,7 +45,7 @@ pub(super) struct DnsState {
 
 impl Cluster {
     /// Adds `address` as a member (admin API), shares the change, probes it at once.
-    pub async fn add_node(&self, address: &str) -> Result<MembershipDoc, MembershipError> {
+    pub(crate) async fn add_node(&self, address: &str) -> Result<MembershipDoc, MembershipError> {
         let address = normalise_address(address)?;
         let doc = self.change_doc(|doc| {
             doc.removed.remove(&address);
@@ -44,7 +57,7 @@ impl Cluster {
     }
 
     /// Removes the member with identity or address `target` (admin API).
-    pub async fn remove_node(&self, target: &str) -> Result<MembershipDoc, MembershipError> {
+    pub(crate) async fn remove_node(&self, target: &str) -> Result<MembershipDoc, MembershipError> {
         let addresses = self.addresses_of(target);
         if addresses.is_empty() {
             return Err(MembershipError::Unknown(target.to_owned()));

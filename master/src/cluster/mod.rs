@@ -46,35 +46,35 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use shardcache_common::aux_client::AuxClient;
+use shardcache_common::geometry::Geometry;
 use shardcache_common::version::HybridClock;
-use shardcache_common::wire::{AuxStoreSummary, MembershipDoc, StoredGeometry};
+use shardcache_common::wire::{AuxStoreSummary, MembershipDoc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use clock::{ClockReport, ClockSample};
+pub(crate) use clock::{ClockReport, ClockSample};
 use membership::DnsState;
-pub use membership::MembershipError;
-pub use report::{ClusterReport, NodeReport};
-pub use view::{Node, NodeState, ReadPlacement, Source, View};
+
+pub(crate) use report::ClusterReport;
+pub(crate) use view::{Node, NodeState, ReadPlacement, Source, View};
 use view::{Slot, Slots};
 
 /// How this master probes and judges aux nodes.
 #[derive(Clone, Debug)]
-pub struct ClusterSettings {
-    pub seeds: Vec<String>,
+pub(crate) struct ClusterSettings {
+    pub(crate) seeds: Vec<String>,
     /// `name:port` resolved to many addresses (a headless service, a scaled service).
-    pub dns: Option<String>,
-    pub dns_refresh: Duration,
-    pub probe_interval: Duration,
-    pub probe_timeout: Duration,
-    pub suspect_after: u32,
-    pub down_after: u32,
-    pub repair_grace: Duration,
+    pub(crate) dns: Option<String>,
+    pub(crate) dns_refresh: Duration,
+    pub(crate) probe_interval: Duration,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) suspect_after: u32,
+    pub(crate) down_after: u32,
     /// Fewest members the admin API may leave: `k + m`.
-    pub min_members: usize,
+    pub(crate) min_members: usize,
     /// How far this master's clock may be from the aux nodes' before it refuses
     /// writes (see `clock.rs`).
-    pub max_clock_skew: Duration,
+    pub(crate) max_clock_skew: Duration,
 }
 
 /// What this master knows about one member address.
@@ -92,7 +92,7 @@ struct Member {
     /// Its clock against ours, from its last answer that told.
     clock: Option<ClockSample>,
     /// The only geometry it stores, from its last answer, if it has one.
-    geometry: Option<StoredGeometry>,
+    geometry: Option<Geometry>,
 }
 
 impl Member {
@@ -113,7 +113,7 @@ impl Member {
 }
 
 /// Membership and health, shared by the data path, the repairer and the admin API.
-pub struct Cluster {
+pub(crate) struct Cluster {
     settings: ClusterSettings,
     /// A client whose timeout is the probe timeout.
     client: AuxClient,
@@ -133,7 +133,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(settings: ClusterSettings, client: AuxClient) -> Self {
+    pub(crate) fn new(settings: ClusterSettings, client: AuxClient) -> Self {
         let now = Instant::now();
         let members = settings
             .seeds
@@ -157,19 +157,19 @@ impl Cluster {
     }
 
     /// The current picture of the cluster.
-    pub fn view(&self) -> Arc<View> {
+    pub(crate) fn view(&self) -> Arc<View> {
         self.view.read().clone()
     }
 
     /// This master's clock against the aux nodes' (see `clock.rs`).
-    pub fn clock_report(&self) -> ClockReport {
+    pub(crate) fn clock_report(&self) -> ClockReport {
         *self.clock_report.lock()
     }
 
     /// An error saying why, while this master's clock is proven further from the
     /// aux nodes' than `--max-clock-skew`: writes stamped by it would be refused by
     /// the aux nodes or outrank later ones for that long.
-    pub fn check_clock(&self) -> Result<(), String> {
+    pub(crate) fn check_clock(&self) -> Result<(), String> {
         let report = self.clock_report();
         match report.lead_ms {
             Some(lead_ms) if report.beyond_bound => Err(format!(
@@ -186,8 +186,8 @@ impl Cluster {
     /// An error naming the aux nodes that store only another geometry than
     /// `own` (k, m), as their last answers said: this master's shards would be
     /// refused by them.
-    pub fn check_geometry(&self, own: StoredGeometry) -> Result<(), String> {
-        let reported: Vec<(String, Option<StoredGeometry>)> = self
+    pub(crate) fn check_geometry(&self, own: Geometry) -> Result<(), String> {
+        let reported: Vec<(String, Option<Geometry>)> = self
             .members
             .lock()
             .iter()
@@ -200,17 +200,17 @@ impl Cluster {
     }
 
     /// Whether some aux node's clock is off the others' by more than the bound.
-    pub fn any_clock_off(&self) -> bool {
+    pub(crate) fn any_clock_off(&self) -> bool {
         !self.clocks_off.lock().is_empty()
     }
 
     /// Wakes whenever placement changes (the value is the new epoch).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.epochs.subscribe()
     }
 
     /// Probes every `--probe-interval` until `stop`.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.settings.probe_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -274,25 +274,17 @@ fn slots_of(members: &BTreeMap<String, Member>) -> (Slots, BTreeSet<(Arc<str>, S
 
 /// The complaint about aux nodes (by name) configured for another geometry than
 /// `own`, if any is. Nodes that take any geometry, or have not answered, are fine.
-fn geometry_mismatch(
-    own: StoredGeometry,
-    reported: &[(String, Option<StoredGeometry>)],
-) -> Option<String> {
+fn geometry_mismatch(own: Geometry, reported: &[(String, Option<Geometry>)]) -> Option<String> {
     let others: Vec<String> = reported
         .iter()
         .filter_map(|(name, geometry)| match geometry {
-            Some(theirs) if *theirs != own => Some(format!(
-                "{name} stores {}+{}",
-                theirs.data_shards, theirs.parity_shards
-            )),
+            Some(theirs) if *theirs != own => Some(format!("{name} stores {theirs}")),
             _ => None,
         })
         .collect();
     (!others.is_empty()).then(|| {
         format!(
-            "this master writes {}+{} shards (--data-shards {} --parity-shards {}), but {}: give masters and aux nodes the same --data-shards and --parity-shards",
-            own.data_shards,
-            own.parity_shards,
+            "this master writes {own} shards (--data-shards {} --parity-shards {}), but {}: give masters and aux nodes the same --data-shards and --parity-shards",
             own.data_shards,
             own.parity_shards,
             others.join(", ")
@@ -307,13 +299,13 @@ mod geometry_tests {
     #[test]
     fn only_nodes_configured_for_another_geometry_are_a_mismatch() {
         let geometry = |data_shards, parity_shards| {
-            Some(StoredGeometry {
+            Some(Geometry {
                 data_shards,
                 parity_shards,
             })
         };
         let own = geometry(3, 2).unwrap();
-        let nodes = |reported: &[Option<StoredGeometry>]| -> Vec<(String, Option<StoredGeometry>)> {
+        let nodes = |reported: &[Option<Geometry>]| -> Vec<(String, Option<Geometry>)> {
             reported
                 .iter()
                 .enumerate()

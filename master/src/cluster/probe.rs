@@ -19,7 +19,7 @@ pub(super) type ProbeAnswer = (String, Result<AuxHealth, AuxError>, Option<Clock
 
 impl Cluster {
     /// Resolves DNS if due, probes every member once, and publishes the new view.
-    pub async fn probe_round(&self) {
+    pub(crate) async fn probe_round(&self) {
         self.refresh_dns().await;
         let addresses: Vec<String> = self.members.lock().keys().cloned().collect();
         let probes = addresses.into_iter().map(|address| {

@@ -14,49 +14,49 @@ use super::{ClockReport, Cluster, Member, NodeState, Source, View};
 /// This master's picture of the cluster, field for field as `GET /cluster` shows
 /// it (the order of the fields is the order of the JSON keys).
 #[derive(Clone, Debug, Serialize)]
-pub struct ClusterReport {
+pub(crate) struct ClusterReport {
     /// See [`View::ring_version`].
-    pub ring_version: String,
+    pub(crate) ring_version: String,
     /// See [`View::epoch`].
-    pub placement_epoch: u64,
-    pub placement_changed_ms_ago: u64,
+    pub(crate) placement_epoch: u64,
+    pub(crate) placement_changed_ms_ago: u64,
     /// This master's clock against the aux nodes'.
-    pub clock: ClockReport,
+    pub(crate) clock: ClockReport,
     /// Every member, by address.
-    pub nodes: Vec<NodeReport>,
-    pub membership: MembershipDoc,
+    pub(crate) nodes: Vec<NodeReport>,
+    pub(crate) membership: MembershipDoc,
 }
 
 /// One member address as `GET /cluster` shows it.
 #[derive(Clone, Debug, Serialize)]
-pub struct NodeReport {
+pub(crate) struct NodeReport {
     /// The identity it reported; `None` until it has answered a probe.
-    pub id: Option<String>,
-    pub address: String,
-    pub source: Source,
-    pub state: NodeState,
-    pub state_for_ms: u64,
+    pub(crate) id: Option<String>,
+    pub(crate) address: String,
+    pub(crate) source: Source,
+    pub(crate) state: NodeState,
+    pub(crate) state_for_ms: u64,
     /// False while it is not on the ring: never identified, or another address
     /// with its identity is used instead.
-    pub on_ring: bool,
-    pub consecutive_failures: u32,
-    pub last_error: Option<String>,
+    pub(crate) on_ring: bool,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) last_error: Option<String>,
     /// The store figures of its last answer: live shards, …
-    pub shards: Option<u64>,
-    pub tombstones: Option<u64>,
-    pub bytes: Option<u64>,
-    pub capacity_bytes: Option<u64>,
+    pub(crate) shards: Option<u64>,
+    pub(crate) tombstones: Option<u64>,
+    pub(crate) bytes: Option<u64>,
+    pub(crate) capacity_bytes: Option<u64>,
     /// Its clock minus this master's, from its last answer, give or take
     /// `clock_uncertainty_ms`.
-    pub clock_offset_ms: Option<i64>,
-    pub clock_uncertainty_ms: Option<u64>,
+    pub(crate) clock_offset_ms: Option<i64>,
+    pub(crate) clock_uncertainty_ms: Option<u64>,
     /// Whether its clock is off the other nodes' by more than --max-clock-skew.
-    pub clock_off: bool,
+    pub(crate) clock_off: bool,
 }
 
 impl Cluster {
     /// The cluster as `GET /cluster` shows it (the admin API adds the rest).
-    pub fn report(&self) -> ClusterReport {
+    pub(crate) fn report(&self) -> ClusterReport {
         let view = self.view();
         let now = Instant::now();
         let members = self.members.lock().clone();

@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// A node's health as this master judges it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum NodeState {
+pub(crate) enum NodeState {
     Up,
     /// Missed a probe or more; still placed and asked, but not trusted to be there.
     Suspect,
@@ -25,7 +25,7 @@ pub enum NodeState {
 }
 
 impl NodeState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NodeState::Up => "up",
             NodeState::Suspect => "suspect",
@@ -47,7 +47,7 @@ impl NodeState {
 /// Where a member address came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub(crate) enum Source {
     Configured,
     Dns,
     Added,
@@ -55,9 +55,9 @@ pub enum Source {
 
 /// An aux node a shard is placed on or read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Node {
-    pub id: Arc<str>,
-    pub address: Arc<str>,
+pub(crate) struct Node {
+    pub(crate) id: Arc<str>,
+    pub(crate) address: Arc<str>,
 }
 
 /// One node on the ring, as placement sees it.
@@ -74,25 +74,25 @@ pub(super) type Slots = HashMap<Arc<str>, Slot>;
 
 /// Where a read of one key looks (see [`View::read_placement`]).
 #[derive(Debug, PartialEq, Eq)]
-pub struct ReadPlacement {
-    pub owners: Vec<Node>,
+pub(crate) struct ReadPlacement {
+    pub(crate) owners: Vec<Node>,
     /// Live nodes after the owners, where shards written under an older placement
     /// may still sit.
-    pub beyond: Vec<Node>,
-    pub down_owners: usize,
+    pub(crate) beyond: Vec<Node>,
+    pub(crate) down_owners: usize,
 }
 
 /// An immutable picture of the cluster: the ring and every node's state. Readers
 /// take an `Arc` of it; a probe round that changes anything publishes a new one.
 #[derive(Debug)]
-pub struct View {
+pub(crate) struct View {
     /// Bumped whenever placement changes (a node joins, leaves, goes down or up,
     /// or restarts).
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// When placement last changed.
-    pub changed_at: Instant,
+    pub(crate) changed_at: Instant,
     /// xxh3 of the sorted node identities: equal on masters that agree on members.
-    pub ring_version: String,
+    pub(crate) ring_version: String,
     ring: Ring,
     pub(super) slots: Slots,
 }
@@ -110,7 +110,7 @@ impl View {
 
     /// Every node that is not down, in `key`'s ring order: the first `k + m` are its
     /// owners, the rest are where a read falls back to.
-    pub fn placement(&self, key: &str) -> Vec<Node> {
+    pub(crate) fn placement(&self, key: &str) -> Vec<Node> {
         self.ring
             .walk(key)
             .filter_map(|id| self.slots.get(id))
@@ -120,14 +120,14 @@ impl View {
     }
 
     /// The first `count` nodes of [`placement`](Self::placement).
-    pub fn owners(&self, key: &str, count: usize) -> Vec<Node> {
+    pub(crate) fn owners(&self, key: &str, count: usize) -> Vec<Node> {
         let mut owners = self.placement(key);
         owners.truncate(count);
         owners
     }
 
     /// Nodes that answered their last probe.
-    pub fn up_nodes(&self) -> Vec<Node> {
+    pub(crate) fn up_nodes(&self) -> Vec<Node> {
         let mut nodes: Vec<Node> = self
             .slots
             .values()
@@ -140,7 +140,9 @@ impl View {
 
     /// Down nodes that `key`'s ring walk meets before its `owners`-th live node:
     /// the nodes that owned the key before they went down, and may hold its shards.
-    pub fn down_owners(&self, key: &str, owners: usize) -> usize {
+    /// The tests' reference for [`read_placement`](Self::read_placement)'s count.
+    #[cfg(test)]
+    pub(crate) fn down_owners(&self, key: &str, owners: usize) -> usize {
         let mut live = 0;
         let mut down = 0;
         for slot in self.ring.walk(key).filter_map(|id| self.slots.get(id)) {
@@ -158,7 +160,7 @@ impl View {
     /// `key`'s placement for a read, from one walk of the ring: its first `count`
     /// live nodes (the owners), the live nodes after them, and the down nodes met
     /// before the last owner (see [`down_owners`](Self::down_owners)).
-    pub fn read_placement(&self, key: &str, count: usize) -> ReadPlacement {
+    pub(crate) fn read_placement(&self, key: &str, count: usize) -> ReadPlacement {
         let mut placement = ReadPlacement {
             owners: Vec::with_capacity(count),
             beyond: Vec::new(),
@@ -177,19 +179,19 @@ impl View {
     }
 
     /// Every node on the ring with its state.
-    pub fn node_states(&self) -> impl Iterator<Item = (&str, NodeState)> {
+    pub(crate) fn node_states(&self) -> impl Iterator<Item = (&str, NodeState)> {
         self.slots.values().map(|slot| (&*slot.node.id, slot.state))
     }
 
     /// Every node on the ring, whatever its state.
-    pub fn all_nodes(&self) -> Vec<Node> {
+    pub(crate) fn all_nodes(&self) -> Vec<Node> {
         self.slots.values().map(|slot| slot.node.clone()).collect()
     }
 
     /// Why repair must not start yet, if it must not: a suspect node may be back in a
     /// moment, and a down node gets `--repair-grace` to return before its shards are
     /// rebuilt elsewhere.
-    pub fn repair_blocker(&self, grace: Duration, now: Instant) -> Option<String> {
+    pub(crate) fn repair_blocker(&self, grace: Duration, now: Instant) -> Option<String> {
         let mut slots: Vec<&Slot> = self.slots.values().collect();
         slots.sort_by(|a, b| a.node.id.cmp(&b.node.id));
         for slot in slots {

@@ -36,7 +36,7 @@
 //! ([`ShardClient::gather`] and [`ShardClient::put_all`] take care of that).
 
 mod read;
-pub mod verdict;
+pub(crate) mod verdict;
 mod write;
 
 use std::sync::Arc;
@@ -56,12 +56,12 @@ const MAX_READ_REPAIRS_IN_FLIGHT: usize = 64;
 
 /// A value read back, with the version that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub version: Version,
-    pub value: Vec<u8>,
+pub(crate) struct Found {
+    pub(crate) version: Version,
+    pub(crate) value: Vec<u8>,
     /// Some owner asked failed to answer or lacked this version's shard, or the
     /// value was found only by asking nodes beyond the owners.
-    pub degraded: bool,
+    pub(crate) degraded: bool,
 }
 
 /// Why a read found no value. Both answer 404; the `shardcache-miss` header tells
@@ -87,7 +87,7 @@ impl Miss {
 }
 
 /// Everything a master needs to place, code and fetch shards.
-pub struct DataPath {
+pub(crate) struct DataPath {
     cluster: Arc<Cluster>,
     codec: Arc<Codec>,
     shards: ShardClient,
@@ -101,7 +101,7 @@ pub struct DataPath {
 }
 
 impl DataPath {
-    pub fn new(
+    pub(crate) fn new(
         cluster: Arc<Cluster>,
         codec: Arc<Codec>,
         shards: ShardClient,
@@ -128,16 +128,7 @@ impl DataPath {
         }
     }
 
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
-    }
-
-    /// The measured client for shard calls (bounded by `--shard-timeout`).
-    pub fn shards(&self) -> &ShardClient {
-        &self.shards
-    }
-
-    pub fn metrics(&self) -> &Arc<MasterMetrics> {
+    pub(crate) fn metrics(&self) -> &Arc<MasterMetrics> {
         &self.metrics
     }
 

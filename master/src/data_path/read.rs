@@ -13,8 +13,8 @@ use super::verdict::{self, SeenVersions, Verdict};
 use super::{DataPath, Found, Miss};
 use crate::cluster::{Node, ReadPlacement};
 use crate::error::ApiError;
-use crate::metrics::ForeignShardSeenBy;
-use crate::shards::frames::{self, Geometry};
+use crate::metrics::{ForeignShardSeenBy, ReadResult};
+use crate::shards::frames;
 
 /// How often a read that found only partial versions, or an unsettled newer write
 /// (racing writers), is retried.
@@ -38,14 +38,33 @@ enum ReadOutcome {
 }
 
 impl DataPath {
-    /// Reads `key`: `Ok(Err(miss))` on a miss or a delete, 503 when the verdict is
+    /// A client's read of `key`: [`find`](Self::find), counted in the read metrics
+    /// (hit, miss or unavailable, and degraded hits) — the one place reads are
+    /// counted, for single and batched reads alike.
+    pub(crate) async fn read(&self, key: &str) -> Result<Result<Found, Miss>, ApiError> {
+        let outcome = self.find(key).await;
+        let result = match &outcome {
+            Ok(Ok(found)) => {
+                if found.degraded {
+                    self.metrics.degraded_read();
+                }
+                ReadResult::Hit
+            }
+            Ok(Err(_)) => ReadResult::Miss,
+            Err(_) => ReadResult::Unavailable,
+        };
+        self.metrics.read(result);
+        outcome
+    }
+
+    /// Finds `key`'s value: `Ok(Err(miss))` on a miss or a delete, 503 when the verdict is
     /// that the answer cannot be known (see [`verdict`]).
     ///
     /// Owners hold one version each, so while writers race on a key the owners can
     /// hold shards of several versions with none at `k` yet. Such a read is retried a
     /// few times, briefly, before it counts as a miss: [`Miss::Partial`], as is any
     /// miss found by a retry.
-    pub async fn read(&self, key: &str) -> Result<Result<Found, Miss>, ApiError> {
+    pub(crate) async fn find(&self, key: &str) -> Result<Result<Found, Miss>, ApiError> {
         let mut backoff = Duration::from_millis(2);
         for attempt in 0.. {
             let miss = match attempt {
@@ -170,7 +189,7 @@ impl DataPath {
                 // Only shards this cluster writes are decoded: a frame claiming
                 // another geometry (say k = 1, a whole value in one shard) is not
                 // trusted to stand for the key.
-                Ok(Some(frame)) if Geometry::of_frame(&frame) != Geometry::of(&self.codec) => {
+                Ok(Some(frame)) if frame.geometry() != self.codec.geometry() => {
                     tracing::warn!(
                         node = %node.id,
                         key,

@@ -42,18 +42,18 @@ use crate::cluster::Node;
 /// waiting for the rest. With `k + m` owners and `W = k + 1` that is all but one,
 /// so one slow or hung owner still costs nothing.
 #[derive(Clone, Copy, Debug)]
-pub struct ReadFloors {
+pub(crate) struct ReadFloors {
     /// Answers after which a decodable newest version (or tombstone) is returned.
-    pub settle: usize,
+    pub(crate) settle: usize,
     /// Answers needed for a miss to be a 404 rather than a 503: enough to include a
     /// shard of every acknowledged write while no owner has lost data.
-    pub miss: usize,
+    pub(crate) miss: usize,
     /// The write quorum `W` the floors were derived from.
     write_quorum: usize,
 }
 
 impl ReadFloors {
-    pub fn new(owners: usize, write_quorum: usize, parity_shards: usize) -> Self {
+    pub(crate) fn new(owners: usize, write_quorum: usize, parity_shards: usize) -> Self {
         let write_quorum = write_quorum.min(owners);
         let survivors = write_quorum.saturating_sub(parity_shards).max(1);
         ReadFloors {
@@ -66,26 +66,26 @@ impl ReadFloors {
 
 /// What the nodes asked for one key answered, grouped by version.
 #[derive(Default)]
-pub struct SeenVersions {
-    pub versions: BTreeMap<Version, VersionShards>,
+pub(crate) struct SeenVersions {
+    pub(crate) versions: BTreeMap<Version, VersionShards>,
     /// What each node that answered holds: a version, or nothing (`None`).
-    pub answers: HashMap<Arc<str>, Option<Version>>,
+    pub(crate) answers: HashMap<Arc<str>, Option<Version>>,
     /// Nodes that answered (with a shard, a tombstone or "none").
-    pub answered: usize,
+    pub(crate) answered: usize,
     /// Nodes that failed or timed out.
-    pub failures: usize,
+    pub(crate) failures: usize,
     /// The key's owners that are down, so were not asked (they may hold shards).
-    pub down_owners: usize,
+    pub(crate) down_owners: usize,
 }
 
 /// The shards of one version that a read saw.
 #[derive(Default)]
-pub struct VersionShards {
-    pub tombstone: bool,
+pub(crate) struct VersionShards {
+    pub(crate) tombstone: bool,
     /// A tombstone frame of this version, to copy when repairing a delete.
-    pub template: Option<ShardFrame>,
+    pub(crate) template: Option<ShardFrame>,
     /// Distinct shard indices of one write; all share its header fields.
-    pub frames: Vec<ShardFrame>,
+    pub(crate) frames: Vec<ShardFrame>,
 }
 
 impl VersionShards {
@@ -99,7 +99,7 @@ impl VersionShards {
 
 impl SeenVersions {
     /// True when a node asked failed, or answered without a shard of `version`.
-    pub fn is_degraded(&self, version: Version) -> bool {
+    pub(crate) fn is_degraded(&self, version: Version) -> bool {
         self.failures > 0
             || self
                 .answers
@@ -107,16 +107,16 @@ impl SeenVersions {
                 .any(|held| held.is_none_or(|held| held < version))
     }
 
-    pub fn add_none(&mut self, node: Node) {
+    pub(crate) fn add_none(&mut self, node: Node) {
         self.answered += 1;
         self.answers.insert(node.id, None);
     }
 
-    pub fn add_failure(&mut self) {
+    pub(crate) fn add_failure(&mut self) {
         self.failures += 1;
     }
 
-    pub fn add(&mut self, node: Node, frame: ShardFrame) {
+    pub(crate) fn add(&mut self, node: Node, frame: ShardFrame) {
         self.answered += 1;
         self.answers.insert(node.id, Some(frame.version));
         let shards = self.versions.entry(frame.version).or_default();
@@ -150,7 +150,7 @@ impl SeenVersions {
     /// Whether the newest version seen so far can be answered with: a tombstone, or
     /// enough shards to decode. A miss is never settled early: owners that lost their
     /// data (restarted empty) answer "none" fastest, so a miss waits for every owner.
-    pub fn newest_is_settled(&self) -> bool {
+    pub(crate) fn newest_is_settled(&self) -> bool {
         self.versions
             .last_key_value()
             .is_some_and(|(_, shards)| shards.tombstone || shards.frames.len() >= shards.needed())
@@ -159,7 +159,7 @@ impl SeenVersions {
 
 /// What a read's answers mean.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Decode this version: the newest with `k` shards, no tombstone above it.
     Decode(Version),
     /// Deleted: a tombstone is the newest version.
@@ -182,7 +182,7 @@ pub enum Verdict {
 impl Verdict {
     /// Whether the nodes beyond the owners should be asked too: the owners could not
     /// say, or said "absent" while shards may still sit under an older placement.
-    pub fn is_inconclusive(&self, placement_changed_recently: bool) -> bool {
+    pub(crate) fn is_inconclusive(&self, placement_changed_recently: bool) -> bool {
         match self {
             Verdict::Partial { .. } | Verdict::Unavailable(_) | Verdict::Unsettled(_) => true,
             Verdict::Absent => placement_changed_recently,
@@ -194,7 +194,7 @@ impl Verdict {
 /// The verdict on what `seen` holds: the newest decodable version, unless a newer
 /// tombstone says the key was deleted; otherwise a miss, a partial read or
 /// unavailable, as the module docs list.
-pub fn verdict(seen: &SeenVersions, floors: ReadFloors) -> Verdict {
+pub(crate) fn verdict(seen: &SeenVersions, floors: ReadFloors) -> Verdict {
     // The most shards any undecodable version has, and how many it needs.
     let mut partial: Option<(usize, usize)> = None;
     // Whether the owners that did not answer may hold the rest of a partial version.

@@ -31,7 +31,7 @@ use shardcache_common::version::{HybridClock, Version};
 use super::{DataPath, Miss};
 use crate::error::ApiError;
 use crate::metrics::QuorumOp;
-use crate::shards::frames::{self, Geometry};
+use crate::shards::frames;
 use shardcache_common::codec::Codec;
 
 /// Which version of a write is being stored (see the module docs).
@@ -54,7 +54,7 @@ enum Stored {
 
 impl DataPath {
     /// Stores `value` under `key`, expiring after `ttl` if given.
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         key: &str,
         value: &[u8],
@@ -70,14 +70,14 @@ impl DataPath {
     }
 
     /// Deletes `key`; `Ok(Err(miss))` if there was no live value to delete.
-    pub async fn delete(&self, key: &str) -> Result<Result<(), Miss>, ApiError> {
-        let found = match self.read(key).await? {
+    pub(crate) async fn delete(&self, key: &str) -> Result<Result<(), Miss>, ApiError> {
+        let found = match self.find(key).await? {
             Ok(found) => found,
             Err(miss) => return Ok(Err(miss)),
         };
         self.clock.observe(found.version);
         let expiry_ms = (self.tombstone_ttl.as_millis() as u64).max(1);
-        let geometry = Geometry::of(&self.codec);
+        let geometry = self.codec.geometry();
         self.store_versions(key, QuorumOp::Delete, |version| {
             frames::encoded_tombstones(key, version, geometry, expiry_ms)
         })

@@ -16,24 +16,24 @@ use super::plan::{self, Abandon, Holding, KeyPlan, Placement, Source};
 use super::PassCounts;
 use crate::cluster::{Node, View};
 use crate::metrics::ForeignShardSeenBy;
-use crate::shards::frames::{self, Geometry};
+use crate::shards::frames;
 use crate::shards::ShardClient;
 
 /// What a key's repair needs: the shard client, the default codec, and when a
 /// partial version counts as abandoned.
-pub struct Apply<'a> {
-    pub shards: &'a ShardClient,
-    pub codec: &'a Codec,
-    pub abandon: Abandon,
+pub(crate) struct Apply<'a> {
+    pub(crate) shards: &'a ShardClient,
+    pub(crate) codec: &'a Codec,
+    pub(crate) abandon: Abandon,
     /// Shard bytes this key's repair held (fetched and rebuilt): what the budget's
     /// byte bound learns from.
-    pub held_bytes: AtomicU64,
+    pub(crate) held_bytes: AtomicU64,
 }
 
 impl Apply<'_> {
     /// Brings one key to `k + m` distinct shards of its newest version on its
     /// owners, then deletes its shards elsewhere.
-    pub async fn repair_key(
+    pub(crate) async fn repair_key(
         &self,
         view: &View,
         key: &str,
@@ -47,10 +47,9 @@ impl Apply<'_> {
         // frame claiming another (forged, or from a master configured with another
         // k and m) is neither copied nor taken for the key's newest version: that
         // would make the real shards strays of it, and delete them.
-        let own = Geometry::of(self.codec);
+        let own = self.codec.geometry();
         holdings.retain(|(node, entry)| {
-            let ours =
-                (entry.data_shards, entry.parity_shards) == (own.data_shards, own.parity_shards);
+            let ours = entry.geometry() == own;
             if !ours {
                 tracing::warn!(
                     key,
@@ -311,15 +310,11 @@ impl Apply<'_> {
 
 /// The tombstone of index `index` of the deleted key's newest version.
 fn tombstone(key: &str, newest: &InventoryEntry, index: u8) -> ShardFrame {
-    let geometry = Geometry {
-        data_shards: newest.data_shards,
-        parity_shards: newest.parity_shards,
-    };
     frames::tombstone(
         key,
         newest.version,
         usize::from(index),
-        geometry,
+        newest.geometry(),
         newest.expiry_ms,
     )
 }

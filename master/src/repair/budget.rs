@@ -37,56 +37,56 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// How often the budget looks at client latency.
-pub const TICK: Duration = Duration::from_millis(100);
+pub(crate) const TICK: Duration = Duration::from_millis(100);
 
 /// The smallest window, and the one a pass starts with.
-pub const MIN_WINDOW: usize = 16;
+pub(crate) const MIN_WINDOW: usize = 16;
 
 /// Keys added per tick while client latency holds.
-pub const STEP: usize = 32;
+pub(crate) const STEP: usize = 32;
 
 /// Client latency within this factor of the baseline: the window grows.
-pub const RAISE_BELOW: f64 = 1.15;
+pub(crate) const RAISE_BELOW: f64 = 1.15;
 
 /// Client latency beyond this factor of the baseline: the window shrinks.
-pub const LOWER_ABOVE: f64 = 1.3;
+pub(crate) const LOWER_ABOVE: f64 = 1.3;
 
 /// The factor the window shrinks by.
-pub const BACK_OFF: f64 = 0.7;
+pub(crate) const BACK_OFF: f64 = 0.7;
 
 /// Client requests in a tick below which there is no client signal.
-pub const MIN_CLIENT_REQUESTS: u64 = 20;
+pub(crate) const MIN_CLIENT_REQUESTS: u64 = 20;
 
 /// Most shard bytes (fetched and rebuilt) the keys in flight may hold.
-pub const MAX_BYTES_IN_FLIGHT: u64 = 64 << 20;
+pub(crate) const MAX_BYTES_IN_FLIGHT: u64 = 64 << 20;
 
 /// What client requests did during one tick.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ClientSample {
+pub(crate) struct ClientSample {
     /// Client requests that finished during the tick.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// The tick's length, in seconds.
-    pub tick_seconds: f64,
+    pub(crate) tick_seconds: f64,
     /// Their mean latency, in seconds.
-    pub mean_seconds: f64,
+    pub(crate) mean_seconds: f64,
 }
 
 /// The repair budget of one pass.
 #[derive(Clone, Debug, Serialize)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// Keys in flight the budget allows now.
-    pub window: usize,
+    pub(crate) window: usize,
     /// `--repair-concurrency`: the window's upper bound.
-    pub limit: usize,
+    pub(crate) limit: usize,
     /// Window the byte bound allows (from the largest key so far).
-    pub byte_limit: usize,
+    pub(crate) byte_limit: usize,
     /// The clients' lowest mean latency seen this pass, in seconds.
-    pub client_baseline_seconds: Option<f64>,
+    pub(crate) client_baseline_seconds: Option<f64>,
     /// The clients' highest request rate seen this pass, per second.
-    pub client_peak_rate: Option<f64>,
+    pub(crate) client_peak_rate: Option<f64>,
     /// The last tick's client slowdown: the larger of mean latency over its
     /// baseline and peak rate over the tick's rate.
-    pub client_slowdown: Option<f64>,
+    pub(crate) client_slowdown: Option<f64>,
     /// Largest shard bytes one key has held so far.
     #[serde(skip)]
     largest_key_bytes: u64,
@@ -94,7 +94,7 @@ pub struct Budget {
 
 impl Budget {
     /// A pass's budget under `limit` (`--repair-concurrency`).
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         let limit = limit.max(1);
         Budget {
             window: MIN_WINDOW.min(limit),
@@ -108,12 +108,12 @@ impl Budget {
     }
 
     /// Keys that may be in flight now: the window under the byte bound.
-    pub fn allowed(&self) -> usize {
+    pub(crate) fn allowed(&self) -> usize {
         self.window.min(self.byte_limit).max(1)
     }
 
     /// A key finished having held `bytes` of shards.
-    pub fn key_done(&mut self, bytes: u64) {
+    pub(crate) fn key_done(&mut self, bytes: u64) {
         if bytes > self.largest_key_bytes {
             self.largest_key_bytes = bytes;
             self.byte_limit = (MAX_BYTES_IN_FLIGHT / bytes).clamp(1, self.limit as u64) as usize;
@@ -121,7 +121,7 @@ impl Budget {
     }
 
     /// Moves the window after a tick in which the clients did `sample`.
-    pub fn tick(&mut self, sample: ClientSample) {
+    pub(crate) fn tick(&mut self, sample: ClientSample) {
         let floor = MIN_WINDOW.min(self.limit);
         if sample.requests < MIN_CLIENT_REQUESTS
             || sample.mean_seconds <= 0.0

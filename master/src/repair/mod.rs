@@ -52,32 +52,32 @@ use apply::Apply;
 use budget::{Budget, ClientSample};
 use plan::Abandon;
 use scan::Inventories;
-pub use status::{PassCounts, PassReport, RepairState, RepairStatus};
+pub(crate) use status::{PassCounts, PassReport, RepairState, RepairStatus};
 
 /// The lease's name on the aux nodes.
 const LEASE_NAME: &str = "repair";
 
 /// How a master repairs.
 #[derive(Clone, Debug)]
-pub struct RepairSettings {
+pub(crate) struct RepairSettings {
     /// Time between anti-entropy passes when nothing changed.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// How long a down node may stay away before its shards are rebuilt elsewhere.
-    pub grace: Duration,
+    pub(crate) grace: Duration,
     /// Most keys repaired at once: the upper bound of the pass's [`Budget`].
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// How long a granted lease lasts without renewal.
-    pub lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// How often to re-check when waiting (a node in its grace period, no lease).
-    pub retry: Duration,
+    pub(crate) retry: Duration,
     /// Repair without the lease (tests only).
-    pub ignore_lease: bool,
+    pub(crate) ignore_lease: bool,
     /// Age past which a version too partial to read is abandoned (see `plan`).
-    pub abandon_after: Duration,
+    pub(crate) abandon_after: Duration,
 }
 
 /// The repair worker of one master.
-pub struct Repairer {
+pub(crate) struct Repairer {
     cluster: Arc<Cluster>,
     shards: ShardClient,
     /// The cluster's geometry; repair ignores shards of any other.
@@ -90,7 +90,7 @@ pub struct Repairer {
 }
 
 impl Repairer {
-    pub fn new(
+    pub(crate) fn new(
         cluster: Arc<Cluster>,
         shards: ShardClient,
         codec: Arc<Codec>,
@@ -121,7 +121,7 @@ impl Repairer {
     }
 
     /// The status as `/cluster` shows it, `complete` judged against the current view.
-    pub fn status(&self) -> RepairStatus {
+    pub(crate) fn status(&self) -> RepairStatus {
         let view = self.cluster.view();
         let mut status = self.status.lock().clone();
         let blocker = view.repair_blocker(self.settings.grace, Instant::now());
@@ -149,7 +149,7 @@ impl Repairer {
     }
 
     /// Runs passes until `stop`: on every placement change, and every interval.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         let cluster = self.cluster.clone();
         let mut epochs = cluster.subscribe();
         let mut last_pass_at: Option<Instant> = None;

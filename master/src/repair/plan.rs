@@ -28,11 +28,11 @@ use shardcache_common::wire::InventoryEntry;
 use crate::cluster::Node;
 
 /// One node's holding of the key: its inventory entry (a shard header).
-pub type Holding = (Node, InventoryEntry);
+pub(crate) type Holding = (Node, InventoryEntry);
 
 /// Where a placed shard comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// Copy the shard of this index from a node that holds it.
     Move { from: Node },
     /// Decode the value from any `k` shards and re-encode this index.
@@ -43,15 +43,15 @@ pub enum Source {
 
 /// One shard to give to one owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
-    pub owner: Node,
-    pub index: u8,
-    pub source: Source,
+pub(crate) struct Placement {
+    pub(crate) owner: Node,
+    pub(crate) index: u8,
+    pub(crate) source: Source,
 }
 
 /// The plan for one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyPlan {
+pub(crate) enum KeyPlan {
     /// Every owner holds a distinct index of the newest version; no strays.
     Healthy,
     /// The newest version has fewer than `k` distinct shards and is young enough
@@ -77,14 +77,14 @@ pub enum KeyPlan {
 /// Below this age a version too partial to read is taken for a write in flight:
 /// a write takes at most two rounds of `--shard-timeout`, and masters' clocks may
 /// differ by a few seconds.
-pub const IN_FLIGHT_MS: u64 = 10_000;
+pub(crate) const IN_FLIGHT_MS: u64 = 10_000;
 
 /// When a version too partial to read counts as abandoned (see the module docs).
 #[derive(Clone, Copy, Debug)]
-pub struct Abandon {
-    pub now_ms: u64,
+pub(crate) struct Abandon {
+    pub(crate) now_ms: u64,
     /// Age, by its timestamp, past which a version is abandoned.
-    pub after_ms: u64,
+    pub(crate) after_ms: u64,
 }
 
 impl Abandon {
@@ -99,7 +99,7 @@ impl Abandon {
 /// passes only holdings of the cluster's own geometry (`Apply::repair_key`): one
 /// claiming another would otherwise decide the owners, and the real shards would
 /// be strays.
-pub fn plan(
+pub(crate) fn plan(
     holdings: &[Holding],
     owners_for: impl FnOnce(usize) -> Vec<Node>,
     abandon: Abandon,

@@ -24,23 +24,23 @@ const INVENTORY_PAGE: usize = 2_000;
 const PAGES_AHEAD: usize = 1;
 
 /// The merged inventories of a set of nodes.
-pub struct Inventories {
+pub(crate) struct Inventories {
     sources: Vec<Source>,
     /// The page fetchers; aborted when the scan is dropped.
     _fetchers: JoinSet<()>,
 }
 
 /// One key and everything the nodes hold of it.
-pub struct KeyHoldings {
+pub(crate) struct KeyHoldings {
     /// The key's ring point: how far the scan has come.
-    pub point: u64,
-    pub key: String,
-    pub holdings: Vec<Holding>,
+    pub(crate) point: u64,
+    pub(crate) key: String,
+    pub(crate) holdings: Vec<Holding>,
 }
 
 impl Inventories {
     /// Starts fetching every node's inventory.
-    pub fn new(nodes: Vec<Node>, client: &AuxClient) -> Self {
+    pub(crate) fn new(nodes: Vec<Node>, client: &AuxClient) -> Self {
         let mut fetchers = JoinSet::new();
         let sources = nodes
             .into_iter()
@@ -64,7 +64,7 @@ impl Inventories {
     /// The next key in ring order with every node's entry for it; `Ok(None)` when
     /// every inventory is exhausted. A node whose page cannot be fetched fails the
     /// scan: without its list a pass could misjudge which indices exist.
-    pub async fn next(&mut self) -> Result<Option<KeyHoldings>, String> {
+    pub(crate) async fn next(&mut self) -> Result<Option<KeyHoldings>, String> {
         for source in &mut self.sources {
             source.fill().await?;
         }

@@ -8,24 +8,24 @@ use crate::metrics::RepairSample;
 
 /// Counts of one pass (or of all passes).
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct PassCounts {
-    pub keys_scanned: u64,
+pub(crate) struct PassCounts {
+    pub(crate) keys_scanned: u64,
     /// Keys that needed any work.
-    pub keys_repaired: u64,
-    pub shards_rebuilt: u64,
-    pub shards_moved: u64,
-    pub shards_deleted: u64,
+    pub(crate) keys_repaired: u64,
+    pub(crate) shards_rebuilt: u64,
+    pub(crate) shards_moved: u64,
+    pub(crate) shards_deleted: u64,
     /// Bytes of shard frames written to owners.
-    pub bytes_written: u64,
+    pub(crate) bytes_written: u64,
     /// Keys whose newest version has fewer than `k` shards anywhere (left as they
     /// are; a read falls back to an older decodable version, if any).
-    pub keys_unreadable: u64,
+    pub(crate) keys_unreadable: u64,
     /// Steps that failed (a node error or timeout); the next pass retries them.
-    pub failures: u64,
+    pub(crate) failures: u64,
 }
 
 impl PassCounts {
-    pub fn add(&mut self, other: &PassCounts) {
+    pub(crate) fn add(&mut self, other: &PassCounts) {
         self.keys_scanned += other.keys_scanned;
         self.keys_repaired += other.keys_repaired;
         self.shards_rebuilt += other.shards_rebuilt;
@@ -39,21 +39,21 @@ impl PassCounts {
 
 /// A pass in progress, or the last one finished.
 #[derive(Clone, Debug, Serialize)]
-pub struct PassReport {
-    pub placement_epoch: u64,
-    pub started_at_ms: u64,
-    pub duration_ms: u64,
+pub(crate) struct PassReport {
+    pub(crate) placement_epoch: u64,
+    pub(crate) started_at_ms: u64,
+    pub(crate) duration_ms: u64,
     /// Fraction of the ring scanned so far (1.0 when finished).
-    pub progress: f64,
+    pub(crate) progress: f64,
     /// Why the pass ended early, if it did.
-    pub aborted: Option<String>,
+    pub(crate) aborted: Option<String>,
     #[serde(flatten)]
-    pub counts: PassCounts,
+    pub(crate) counts: PassCounts,
 }
 
 impl RepairStatus {
     /// The totals of finished passes plus what the running pass did so far.
-    pub fn totals_with_current(&self) -> PassCounts {
+    pub(crate) fn totals_with_current(&self) -> PassCounts {
         let mut totals = self.totals.clone();
         if let Some(current) = &self.current {
             totals.add(&current.counts);
@@ -62,7 +62,7 @@ impl RepairStatus {
     }
 
     /// The figures the metrics copy in at each scrape.
-    pub fn sample(&self) -> RepairSample {
+    pub(crate) fn sample(&self) -> RepairSample {
         let totals = self.totals_with_current();
         RepairSample {
             keys_scanned: totals.keys_scanned,
@@ -98,7 +98,7 @@ impl RepairStatus {
     /// How much of the ring is still to be checked before the current placement has
     /// full redundancy: 0 when complete, the unscanned fraction while a pass runs,
     /// else 1 (including on standby masters, which cannot see the holder's pass).
-    pub fn backlog_ratio(&self) -> f64 {
+    pub(crate) fn backlog_ratio(&self) -> f64 {
         match (&self.current, self.complete) {
             (_, true) => 0.0,
             (Some(pass), false) => (1.0 - pass.progress).clamp(0.0, 1.0),
@@ -110,7 +110,7 @@ impl RepairStatus {
 /// What the repair worker is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RepairState {
+pub(crate) enum RepairState {
     /// Nothing to do until placement changes or the next sweep.
     Idle,
     /// A pass is due but must wait (a node suspect or within its grace period).
@@ -122,19 +122,19 @@ pub enum RepairState {
 
 /// What `GET /cluster` shows under `"repair"`.
 #[derive(Clone, Debug, Serialize)]
-pub struct RepairStatus {
-    pub state: RepairState,
+pub(crate) struct RepairStatus {
+    pub(crate) state: RepairState,
     /// True when a pass over the current placement finished without failures:
     /// every key then has `k + m` shards on its owners.
-    pub complete: bool,
-    pub reason: Option<String>,
-    pub lease_holder: Option<String>,
-    pub this_master: String,
-    pub current: Option<PassReport>,
-    pub last_pass: Option<PassReport>,
-    pub passes: u64,
-    pub totals: PassCounts,
+    pub(crate) complete: bool,
+    pub(crate) reason: Option<String>,
+    pub(crate) lease_holder: Option<String>,
+    pub(crate) this_master: String,
+    pub(crate) current: Option<PassReport>,
+    pub(crate) last_pass: Option<PassReport>,
+    pub(crate) passes: u64,
+    pub(crate) totals: PassCounts,
     /// The running pass's budget: keys in flight allowed now, the bound, and the
     /// client latency it follows; `None` when no pass runs.
-    pub budget: Option<Budget>,
+    pub(crate) budget: Option<Budget>,
 }

@@ -51,27 +51,27 @@ use crate::cluster::Node;
 use crate::metrics::{MasterMetrics, ShardOp, ShardOutcome};
 
 /// How long a dispatcher waits for a call before it ends.
-pub const IDLE_DISPATCHER: Duration = Duration::from_secs(60);
+pub(crate) const IDLE_DISPATCHER: Duration = Duration::from_secs(60);
 
 /// How shard calls of one kind are batched per aux node.
 #[derive(Clone, Copy, Debug)]
-pub struct BatchSettings {
+pub(crate) struct BatchSettings {
     /// Most calls in one request (at most the exchange's own limit).
-    pub max_items: usize,
+    pub(crate) max_items: usize,
     /// Most bytes of items in one request (a single larger item goes alone).
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
     /// Requests in flight to one node at a time.
-    pub in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Most calls waiting in one node's queue.
-    pub queue: usize,
+    pub(crate) queue: usize,
 }
 
 /// What one shard read found: the frame, `None` when the node holds none, or why
 /// the node could not say.
-pub type ShardRead = Result<Option<ShardFrame>, AuxError>;
+pub(crate) type ShardRead = Result<Option<ShardFrame>, AuxError>;
 
 /// One kind of batched shard call.
-pub trait BatchKind: Send + Sync + 'static {
+pub(crate) trait BatchKind: Send + Sync + 'static {
     /// What one call carries: a key to read, a frame to store.
     type Item: Send + Sync + 'static;
     /// What one call comes to when the node answers.
@@ -95,7 +95,7 @@ pub trait BatchKind: Send + Sync + 'static {
 }
 
 /// Shard reads: keys in, frames (or none) out, by multi-get.
-pub struct Reads;
+pub(crate) struct Reads;
 
 impl BatchKind for Reads {
     type Item = String;
@@ -130,7 +130,7 @@ impl BatchKind for Reads {
 }
 
 /// Shard writes: encoded frames in, stored or superseded out, by multi-put.
-pub struct Writes;
+pub(crate) struct Writes;
 
 impl BatchKind for Writes {
     type Item = Bytes;
@@ -204,7 +204,7 @@ impl<V> Reply<V> {
 /// all: once it passes, each call still unanswered yields a timeout (and an answer
 /// arriving after that is dropped). Dropping it stops the listening, not the calls
 /// already sent.
-pub struct FanOut<V> {
+pub(crate) struct FanOut<V> {
     answers: mpsc::UnboundedReceiver<(usize, Result<V, AuxError>)>,
     /// Whether each call is still unanswered.
     unanswered: Vec<bool>,
@@ -231,7 +231,7 @@ impl<V> FanOut<V> {
     }
 
     /// The next answer; `None` once every call has had one.
-    pub async fn next(&mut self) -> Option<(usize, Result<V, AuxError>)> {
+    pub(crate) async fn next(&mut self) -> Option<(usize, Result<V, AuxError>)> {
         while self.unanswered.contains(&true) {
             if self.given_up.is_none() {
                 tokio::select! {
@@ -272,7 +272,7 @@ impl<V> FanOut<V> {
 }
 
 /// The per-node queues and their dispatchers, for one kind of call.
-pub struct Batcher<K: BatchKind> {
+pub(crate) struct Batcher<K: BatchKind> {
     client: AuxClient,
     settings: BatchSettings,
     metrics: Arc<MasterMetrics>,
@@ -282,7 +282,11 @@ pub struct Batcher<K: BatchKind> {
 }
 
 impl<K: BatchKind> Batcher<K> {
-    pub fn new(client: AuxClient, settings: BatchSettings, metrics: Arc<MasterMetrics>) -> Self {
+    pub(crate) fn new(
+        client: AuxClient,
+        settings: BatchSettings,
+        metrics: Arc<MasterMetrics>,
+    ) -> Self {
         Batcher {
             client,
             settings,
@@ -295,7 +299,7 @@ impl<K: BatchKind> Batcher<K> {
     /// waiting; the answers come through the returned [`FanOut`] as they arrive,
     /// under one deadline (the client's timeout) for them all. A node whose queue
     /// is full does not hold up the calls to the others.
-    pub fn fan_out<'a>(
+    pub(crate) fn fan_out<'a>(
         &self,
         calls: impl IntoIterator<Item = (&'a Node, K::Item)>,
     ) -> FanOut<K::Value> {
@@ -347,7 +351,7 @@ impl<K: BatchKind> Batcher<K> {
     }
 
     /// Makes the call `item` to `node`, as part of whatever batch it joins.
-    pub async fn call(&self, node: &Node, item: K::Item) -> Result<K::Value, AuxError> {
+    pub(crate) async fn call(&self, node: &Node, item: K::Item) -> Result<K::Value, AuxError> {
         let timeout = self.client.timeout();
         let (reply, answer) = oneshot::channel();
         let queued = Queued::<K> {

@@ -33,7 +33,7 @@ fn batcher<K: BatchKind>(
 
 /// An [`AuxClient`] whose shard calls are measured.
 #[derive(Clone)]
-pub struct ShardClient {
+pub(crate) struct ShardClient {
     client: AuxClient,
     metrics: Arc<MasterMetrics>,
     /// `None` when reads are not batched.
@@ -43,7 +43,7 @@ pub struct ShardClient {
 }
 
 impl ShardClient {
-    pub fn new(
+    pub(crate) fn new(
         client: AuxClient,
         metrics: Arc<MasterMetrics>,
         reads: BatchSettings,
@@ -58,18 +58,18 @@ impl ShardClient {
     }
 
     /// The metrics its calls are counted in.
-    pub fn metrics(&self) -> &MasterMetrics {
+    pub(crate) fn metrics(&self) -> &MasterMetrics {
         &self.metrics
     }
 
     /// The unmeasured client, for calls that are not shard traffic (inventory,
     /// leases).
-    pub fn aux(&self) -> &AuxClient {
+    pub(crate) fn aux(&self) -> &AuxClient {
         &self.client
     }
 
     /// Stores `frame` on `node`, as part of whatever batch it joins.
-    pub async fn put(&self, node: &Node, frame: Bytes) -> Result<PutOutcome, AuxError> {
+    pub(crate) async fn put(&self, node: &Node, frame: Bytes) -> Result<PutOutcome, AuxError> {
         if let Some(batcher) = &self.writes {
             return batcher.call(node, frame).await;
         }
@@ -85,7 +85,7 @@ impl ShardClient {
     /// them. Unbatched gets run in tasks of their own and finish in the background,
     /// since dropping one half-way would close its pooled connection and leave it
     /// unmeasured.
-    pub fn gather(&self, key: &str, nodes: &[Node]) -> Answers<Option<ShardFrame>> {
+    pub(crate) fn gather(&self, key: &str, nodes: &[Node]) -> Answers<Option<ShardFrame>> {
         match &self.reads {
             Some(reads) => Answers::Batched {
                 calls: reads.fan_out(nodes.iter().map(|node| (node, key.to_owned()))),
@@ -101,7 +101,7 @@ impl ShardClient {
     /// Stores each frame on its node; the answers come as they arrive. Every put is
     /// sent, even once the caller stops listening (a write's shards beyond its
     /// quorum still land).
-    pub fn put_all(&self, puts: Vec<(Node, Bytes)>) -> Answers<PutOutcome> {
+    pub(crate) fn put_all(&self, puts: Vec<(Node, Bytes)>) -> Answers<PutOutcome> {
         match &self.writes {
             Some(writes) => {
                 let (nodes, frames): (Vec<Node>, Vec<Bytes>) = puts.into_iter().unzip();
@@ -118,7 +118,7 @@ impl ShardClient {
     }
 
     /// One node's shard of `key`. Await it to the end (see [`gather`](Self::gather)).
-    pub async fn get(&self, node: &Node, key: &str) -> ShardRead {
+    pub(crate) async fn get(&self, node: &Node, key: &str) -> ShardRead {
         if let Some(batcher) = &self.reads {
             return batcher.call(node, key.to_owned()).await;
         }
@@ -133,7 +133,7 @@ impl ShardClient {
 
     /// Removes `key`'s shard from `node` unless the node holds a version newer than
     /// `version`.
-    pub async fn delete(
+    pub(crate) async fn delete(
         &self,
         node: &Node,
         key: &str,
@@ -158,7 +158,7 @@ impl ShardClient {
 
 /// The answers of several nodes to one shard call each, in the order they arrive
 /// (from [`ShardClient::gather`] and [`ShardClient::put_all`]).
-pub enum Answers<V> {
+pub(crate) enum Answers<V> {
     /// Calls that joined their nodes' batches.
     Batched { calls: FanOut<V>, nodes: Vec<Node> },
     /// Calls made one request each, from tasks of their own.
@@ -167,7 +167,7 @@ pub enum Answers<V> {
 
 impl<V> Answers<V> {
     /// The next node's answer; `None` once every node has answered (or timed out).
-    pub async fn next(&mut self) -> Option<(Node, Result<V, AuxError>)> {
+    pub(crate) async fn next(&mut self) -> Option<(Node, Result<V, AuxError>)> {
         match self {
             Answers::Batched { calls, nodes } => {
                 let (index, answer) = calls.next().await?;

@@ -11,38 +11,12 @@
 use bytes::Bytes;
 use shardcache_common::codec::{value_checksum, Codec, CodecError};
 use shardcache_common::frame::ShardFrame;
+use shardcache_common::geometry::Geometry;
 use shardcache_common::version::Version;
-
-/// Data and parity shard counts, as a frame carries them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Geometry {
-    pub data_shards: u8,
-    pub parity_shards: u8,
-}
-
-impl Geometry {
-    pub fn of(codec: &Codec) -> Self {
-        Geometry {
-            data_shards: codec.data_shards(),
-            parity_shards: codec.parity_shards(),
-        }
-    }
-
-    pub fn of_frame(frame: &ShardFrame) -> Self {
-        Geometry {
-            data_shards: frame.data_shards,
-            parity_shards: frame.parity_shards,
-        }
-    }
-
-    pub fn total(self) -> usize {
-        usize::from(self.data_shards) + usize::from(self.parity_shards)
-    }
-}
 
 /// The tombstone for shard `index` of `key` at `version`; a write's frames are
 /// this plus the value's length, checksum and payload.
-pub fn tombstone(
+pub(crate) fn tombstone(
     key: &str,
     version: Version,
     index: usize,
@@ -64,7 +38,7 @@ pub fn tombstone(
 }
 
 /// Every tombstone frame of a delete of `key` at `version`, encoded.
-pub fn encoded_tombstones(
+pub(crate) fn encoded_tombstones(
     key: &str,
     version: Version,
     geometry: Geometry,
@@ -76,7 +50,7 @@ pub fn encoded_tombstones(
 }
 
 /// The `k + m` encoded frames of `value` written under `key` at `version`.
-pub fn encoded_value(
+pub(crate) fn encoded_value(
     codec: &Codec,
     key: &str,
     version: Version,
@@ -94,7 +68,7 @@ pub fn encoded_value(
                 value_len: value.len() as u64,
                 value_checksum: checksum,
                 payload: Bytes::from(shard),
-                ..tombstone(key, version, index, Geometry::of(codec), expiry_ms)
+                ..tombstone(key, version, index, codec.geometry(), expiry_ms)
             }
             .encode()
         })
@@ -103,7 +77,7 @@ pub fn encoded_value(
 
 /// All `k + m` frames of the write that `frames` (any `k` of its shards) and the
 /// decoded `value` belong to, with the same version, expiry and checksum.
-pub fn rebuild(
+pub(crate) fn rebuild(
     codec: &Codec,
     frames: &[ShardFrame],
     value: &[u8],
@@ -123,7 +97,7 @@ pub fn rebuild(
 
 /// Decodes the value from `k` or more distinct shards of one write and verifies
 /// its checksum.
-pub fn decode(codec: &Codec, frames: &[ShardFrame]) -> Result<Vec<u8>, CodecError> {
+pub(crate) fn decode(codec: &Codec, frames: &[ShardFrame]) -> Result<Vec<u8>, CodecError> {
     let first = &frames[0];
     with_codec(codec, first, |codec| {
         let mut shards = vec![None; codec.total_shards()];
@@ -142,7 +116,7 @@ fn with_codec<R>(
     frame: &ShardFrame,
     work: impl FnOnce(&Codec) -> R,
 ) -> Result<R, CodecError> {
-    if (frame.data_shards, frame.parity_shards) == (codec.data_shards(), codec.parity_shards()) {
+    if frame.geometry() == codec.geometry() {
         Ok(work(codec))
     } else {
         Ok(work(&Codec::new(frame.data_shards, frame.parity_shards)?))

@@ -9,9 +9,9 @@
 //! - [`frames`]: building, decoding and rebuilding shard frames (the codec side),
 //!   tombstones included, in one place for the data path and repair.
 
-pub mod batcher;
-pub mod client;
-pub mod frames;
+pub(crate) mod batcher;
+pub(crate) mod client;
+pub(crate) mod frames;
 
-pub use batcher::{BatchSettings, ShardRead};
-pub use client::{Answers, ShardClient};
+pub(crate) use batcher::BatchSettings;
+pub(crate) use client::ShardClient;
