@@ -1,6 +1,11 @@
-//! The master's client API — `POST /data`, `GET`/`DELETE /data/{key}`, `GET /health`,
-//! `GET /ready`, `GET /metrics` — and its admin API: `GET /cluster`,
+//! The master's client API — `POST /data`, `GET`/`HEAD`/`PUT`/`DELETE /data/{key}`,
+//! `GET /health`, `GET /ready`, `GET /metrics` — and its admin API: `GET /cluster`,
 //! `POST /cluster/nodes`, `DELETE /cluster/nodes/{id}`.
+//!
+//! `PUT` stores its body as it is; `GET` answers JSON, or the bytes when the client
+//! asks for `application/octet-stream`, with an `ETag` per representation, `304` for
+//! a matching `If-None-Match`, and the time left in `shardcache-ttl`
+//! ([`crate::negotiation`]). `HEAD` is axum's: the `GET` handler, body dropped.
 //!
 //! Handlers validate input and translate between JSON and the [`DataPath`] or the
 //! [`crate::cluster::Cluster`]; they hold no state of their own.
@@ -8,8 +13,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, Method, Uri};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, VARY,
+};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +36,7 @@ use crate::data_path::{DataPath, Miss};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, KeyPath};
 use crate::metrics::{ClockFigures, MasterMetrics};
+use crate::negotiation::{self, Representation};
 use crate::repair::{RepairStatus, Repairer};
 use shardcache_common::cluster_token::{self, ClusterToken};
 
@@ -36,6 +47,10 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Response header carrying the version of the value returned by `GET /data/{key}`.
 pub const VERSION_HEADER: HeaderName = HeaderName::from_static("shardcache-version");
+
+/// Time a value has left to live, in whole seconds rounded up: on answers for values
+/// written with a TTL; as a request header of `PUT /data/{key}`, the TTL to set.
+pub const TTL_HEADER: HeaderName = HeaderName::from_static("shardcache-ttl");
 
 /// Response header of a 404 for a key: `absent`, or `partial` when the read met only
 /// partial versions (writers racing on the key) and answered a miss after its
@@ -100,8 +115,11 @@ pub fn app(state: AppState) -> Router {
         ));
     let router = router
         .route("/data", post(set_value))
-        .route("/data/", get(empty_key).delete(empty_key))
-        .route("/data/{*key}", get(get_value).delete(delete_value))
+        .route("/data/", get(empty_key).put(empty_key).delete(empty_key))
+        .route(
+            "/data/{*key}",
+            get(get_value).put(put_value).delete(delete_value),
+        )
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(admin)
@@ -162,11 +180,7 @@ impl SetRequest {
     pub fn validate(&self, limits: &Limits) -> Result<Option<Duration>, ApiError> {
         validate_key(&self.key, limits)?;
         if self.value.len() > limits.max_value_bytes {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "value is {} bytes, the limit is {}",
-                self.value.len(),
-                limits.max_value_bytes
-            )));
+            return Err(value_too_large(self.value.len(), limits.max_value_bytes));
         }
         match self.ttl {
             None => Ok(None),
@@ -218,8 +232,10 @@ pub fn deleted(key: &str) -> Response {
 
 async fn set_value(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<SetRequest>,
 ) -> Result<Response, ApiError> {
+    refuse_conditions(&headers)?;
     let ttl = request.validate(&state.limits)?;
     let version = state
         .data
@@ -231,24 +247,140 @@ async fn set_value(
 async fn get_value(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     validate_key(&key, &state.limits)?;
     let found = match state.data.read(&key).await? {
         Ok(found) => found,
         Err(miss) => return Ok(not_found(&key, miss)),
     };
-    let value = String::from_utf8(found.value).map_err(|_| {
-        ApiError::NotAcceptable(
-            "the stored value is not UTF-8 and cannot be returned as a JSON string".into(),
-        )
+    let representation = negotiation::representation(header_str(&headers, ACCEPT));
+    let etag = negotiation::entity_tag(found.version, representation);
+    let revalidated = header_str(&headers, IF_NONE_MATCH)
+        .is_some_and(|condition| negotiation::if_none_match(condition, &etag));
+    let mut response = if revalidated {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        match representation {
+            Representation::Octets => (
+                [(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )],
+                found.value,
+            )
+                .into_response(),
+            Representation::Json => {
+                let value = String::from_utf8(found.value).map_err(|_| {
+                    ApiError::NotAcceptable(
+                        "the stored value is not UTF-8 and cannot be returned as a JSON string: ask for it with Accept: application/octet-stream".into(),
+                    )
+                })?;
+                self::found(&key, &value, found.version)
+            }
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(VARY, HeaderValue::from_static("accept"));
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        headers.insert(ETAG, etag);
+    }
+    if let Ok(version) = HeaderValue::from_str(&found.version.to_string()) {
+        headers.insert(VERSION_HEADER, version);
+    }
+    if let Some(time_left_ms) = found.expires_in_ms {
+        headers.insert(TTL_HEADER, HeaderValue::from(time_left_ms.div_ceil(1000)));
+    }
+    Ok(response)
+}
+
+/// `?ttl=SECONDS` of `PUT /data/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    ttl: Option<String>,
+}
+
+/// `PUT /data/{key}`: stores the body as it is, whatever its `Content-Type`.
+async fn put_value(
+    State(state): State<AppState>,
+    KeyPath(key): KeyPath,
+    query: Result<Query<PutQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    refuse_conditions(&headers)?;
+    validate_key(&key, &state.limits)?;
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let ttl = put_ttl(header_str(&headers, TTL_HEADER), query.ttl.as_deref())?;
+    let limit = state.limits.max_value_bytes;
+    let declared = header_str(&headers, CONTENT_LENGTH).and_then(|len| len.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(value_too_large(
+            declared.unwrap_or_default() as usize,
+            limit,
+        ));
+    }
+    let value = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::PayloadTooLarge(format!("the value is over the limit of {limit} bytes"))
     })?;
-    Ok(self::found(&key, &value, found.version))
+    let version = state.data.write(&key, &value, ttl).await?;
+    let mut response = stored(&key, version);
+    if let Ok(etag) = HeaderValue::from_str(&negotiation::entity_tag(version, Representation::Json))
+    {
+        response.headers_mut().insert(ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// The TTL of a `PUT`, from the `shardcache-ttl` header or the `ttl` query
+/// parameter (both only if equal): whole seconds, 1 to [`MAX_TTL_SECONDS`].
+fn put_ttl(header: Option<&str>, query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let seconds = match (header.map(str::trim), query.map(str::trim)) {
+        (None, None) => return Ok(None),
+        (Some(header), Some(query)) if header != query => {
+            return Err(ApiError::BadRequest(format!(
+                "the shardcache-ttl header ({header}) and ?ttl= ({query}) differ: give one"
+            )))
+        }
+        (Some(seconds), _) | (None, Some(seconds)) => seconds,
+    };
+    match seconds.parse::<u64>() {
+        Ok(seconds @ 1..=MAX_TTL_SECONDS) => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(ApiError::BadRequest(format!(
+            "ttl must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}, not {seconds:?}"
+        ))),
+    }
+}
+
+/// Conditional writes are not built yet: a write that carries a condition is
+/// refused rather than done unconditionally.
+fn refuse_conditions(headers: &HeaderMap) -> Result<(), ApiError> {
+    match [IF_MATCH, IF_NONE_MATCH]
+        .into_iter()
+        .find(|name| headers.contains_key(name))
+    {
+        Some(name) => Err(ApiError::NotImplemented(format!(
+            "conditional writes ({name}) are not supported yet; the write was not done"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn value_too_large(len: usize, limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!("value is {len} bytes, the limit is {limit}"))
 }
 
 async fn delete_value(
     State(state): State<AppState>,
     KeyPath(key): KeyPath,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    refuse_conditions(&headers)?;
     validate_key(&key, &state.limits)?;
     match state.data.delete(&key).await? {
         Ok(()) => Ok(deleted(&key)),

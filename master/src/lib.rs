@@ -17,6 +17,7 @@
 //!   the pure read [`data_path::verdict`].
 //! - [`repair`]: repair and rebalancing — scan, a pure plan per key, apply — under
 //!   a lease.
+//! - [`negotiation`]: `Accept`, entity tags and `If-None-Match` for `GET /data/{key}`.
 //! - [`api`]: the client and admin routes ([`app`]), input validation and limits.
 //! - [`run`] / [`serve`]: the server and its background workers, for tests and `main`.
 
@@ -27,6 +28,7 @@ mod data_path;
 pub mod error;
 pub mod extract;
 mod metrics;
+mod negotiation;
 mod repair;
 mod shards;
 

@@ -18,6 +18,7 @@ mod internal_ports;
 mod memory;
 mod metrics;
 mod ordering;
+mod raw_api;
 mod recovery;
 mod repair_bench_smoke;
 mod repair_speed;

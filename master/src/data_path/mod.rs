@@ -62,6 +62,10 @@ pub(crate) struct Found {
     /// Some owner asked failed to answer or lacked this version's shard, or the
     /// value was found only by asking nodes beyond the owners.
     pub(crate) degraded: bool,
+    /// Milliseconds the value has left to live, the least among the frames decoded
+    /// (each aux node counts its own, ARCHITECTURE.md invariant 12); `None` when
+    /// it never expires.
+    pub(crate) expires_in_ms: Option<u64>,
 }
 
 /// Why a read found no value. Both answer 404; the `shardcache-miss` header tells

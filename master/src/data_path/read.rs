@@ -161,6 +161,11 @@ impl DataPath {
                 version,
                 value,
                 degraded: seen.is_degraded(version),
+                expires_in_ms: frames
+                    .iter()
+                    .map(|frame| frame.expiry_ms)
+                    .filter(|&time_left| time_left != 0)
+                    .min(),
             }),
             Err(error) => ReadOutcome::Undecodable {
                 reason: format!("version {version}: {error}"),
