@@ -75,9 +75,10 @@ pub struct MasterConfig {
     #[arg(long, env = "SHARDCACHE_REPAIR_ABANDON_AFTER", default_value = "60s")]
     pub repair_abandon_after: HumanDuration,
 
-    /// Keys repaired at once: higher repairs faster, lower leaves more of the
-    /// machine to client requests.
-    #[arg(long, env = "SHARDCACHE_REPAIR_CONCURRENCY", default_value_t = 4)]
+    /// Most keys repaired at once: the upper bound of the repair budget, which
+    /// starts a pass at 16 keys in flight and raises or lowers that with the
+    /// clients' latency (and keeps at most 64 MiB of shards in flight).
+    #[arg(long, env = "SHARDCACHE_REPAIR_CONCURRENCY", default_value_t = 1024)]
     pub repair_concurrency: usize,
 
     /// k: data shards per value. Any k shards rebuild it.

@@ -195,6 +195,9 @@ struct RepairMetrics {
     running: IntGauge,
     lease_held: IntGauge,
     last_pass_seconds: Gauge,
+    budget_keys: IntGauge,
+    budget_limit_keys: IntGauge,
+    client_slowdown: Gauge,
 }
 
 impl MasterMetrics {
@@ -306,6 +309,18 @@ impl MasterMetrics {
                 last_pass_seconds: r.float_gauge(
                     "repair_last_pass_duration_seconds",
                     "Duration of the last finished repair pass.",
+                )?,
+                budget_keys: r.gauge(
+                    "repair_budget_keys",
+                    "Keys the running repair pass may keep in flight now (its budget; 0 when no pass runs).",
+                )?,
+                budget_limit_keys: r.gauge(
+                    "repair_budget_limit_keys",
+                    "Upper bound of the repair budget: --repair-concurrency, or fewer when the byte bound on shards in flight is tighter.",
+                )?,
+                client_slowdown: r.float_gauge(
+                    "repair_client_slowdown_ratio",
+                    "How much slower client requests are during the running repair pass, as the budget judges it: the larger of their mean latency over its lowest this pass and their highest rate this pass over the current one (0 when no pass runs or no client is seen).",
                 )?,
             },
             scrape: Mutex::new(()),
@@ -449,6 +464,39 @@ impl MasterMetrics {
     }
 }
 
+impl MasterMetrics {
+    /// Client data requests served so far (`/data` routes, every method and status)
+    /// and the sum of their durations in seconds: repair's budget takes the mean
+    /// over each tick from two readings.
+    pub fn client_requests(&self) -> (u64, f64) {
+        let name = "shardcache_master_http_request_duration_seconds";
+        let Some(family) = self
+            .registry
+            .gather()
+            .into_iter()
+            .find(|family| family.name() == name)
+        else {
+            return (0, 0.0);
+        };
+        family
+            .get_metric()
+            .iter()
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|label| label.name() == "route" && label.value().starts_with("/data"))
+            })
+            .map(|metric| metric.get_histogram())
+            .fold((0, 0.0), |(count, sum), histogram| {
+                (
+                    count + histogram.get_sample_count(),
+                    sum + histogram.get_sample_sum(),
+                )
+            })
+    }
+}
+
 impl Default for MasterMetrics {
     fn default() -> Self {
         Self::new()
@@ -485,6 +533,11 @@ pub(crate) struct RepairSample {
     pub(crate) running: bool,
     pub(crate) lease_held: bool,
     pub(crate) last_pass_seconds: Option<f64>,
+    /// The running pass's budget: keys allowed in flight, their upper bound, and
+    /// the client slowdown it follows (all 0 when no pass runs).
+    pub(crate) budget_keys: u64,
+    pub(crate) budget_limit_keys: u64,
+    pub(crate) client_slowdown: f64,
 }
 
 impl RepairMetrics {
@@ -505,6 +558,9 @@ impl RepairMetrics {
         if let Some(seconds) = sample.last_pass_seconds {
             self.last_pass_seconds.set(seconds);
         }
+        self.budget_keys.set(sample.budget_keys as i64);
+        self.budget_limit_keys.set(sample.budget_limit_keys as i64);
+        self.client_slowdown.set(sample.client_slowdown);
     }
 }
 

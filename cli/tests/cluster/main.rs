@@ -23,4 +23,5 @@ mod ordering;
 mod raw_api;
 mod recovery;
 mod repair_bench_smoke;
+mod repair_speed;
 mod support;

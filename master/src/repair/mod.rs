@@ -29,10 +29,12 @@
 //! - this module: the worker — when passes run, the lease, progress.
 
 mod apply;
+mod budget;
 mod plan;
 mod scan;
 mod status;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,8 +46,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, View};
+use crate::metrics::MasterMetrics;
 use crate::shards::ShardClient;
 use apply::Apply;
+use budget::{Budget, ClientSample};
 use plan::Abandon;
 use scan::Inventories;
 pub(crate) use status::{PassCounts, PassReport, RepairState, RepairStatus};
@@ -60,7 +64,7 @@ pub(crate) struct RepairSettings {
     pub(crate) interval: Duration,
     /// How long a down node may stay away before its shards are rebuilt elsewhere.
     pub(crate) grace: Duration,
-    /// Keys repaired at once.
+    /// Most keys repaired at once: the upper bound of the pass's [`Budget`].
     pub(crate) concurrency: usize,
     /// How long a granted lease lasts without renewal.
     pub(crate) lease_ttl: Duration,
@@ -103,6 +107,7 @@ impl Repairer {
             last_pass: None,
             passes: 0,
             totals: PassCounts::default(),
+            budget: None,
         };
         Repairer {
             cluster,
@@ -273,7 +278,8 @@ impl Repairer {
         Err(rival)
     }
 
-    /// One pass over every key held by any up node.
+    /// One pass over every key held by any up node, keeping as many keys in flight
+    /// as its [`Budget`] allows.
     async fn pass(&self, view: &Arc<View>, stop: &CancellationToken) -> PassReport {
         let started = Instant::now();
         let mut report = PassReport {
@@ -285,12 +291,14 @@ impl Repairer {
             counts: PassCounts::default(),
         };
         self.set_state(RepairState::Running, None);
-        let mut inventories = Inventories::new(view.up_nodes());
-        let mut work: JoinSet<PassCounts> = JoinSet::new();
+        let mut budget = Budget::new(self.settings.concurrency);
+        let mut clients = ClientMeter::new(self.shards.metrics());
+        let mut inventories = Inventories::new(view.up_nodes(), self.shards.aux());
+        let mut work: JoinSet<(PassCounts, u64)> = JoinSet::new();
         let mut lease_renewed = Instant::now();
         let mut dispatched = 0u64;
         loop {
-            let next = match inventories.next(self.shards.aux()).await {
+            let next = match inventories.next().await {
                 Ok(Some(next)) => next,
                 Ok(None) => break, // every inventory exhausted
                 Err(problem) => {
@@ -298,10 +306,14 @@ impl Repairer {
                     break;
                 }
             };
-            while work.len() >= self.settings.concurrency.max(1) {
-                if let Some(Ok(counts)) = work.join_next().await {
+            while work.len() >= budget.allowed() {
+                if let Some(Ok((counts, held_bytes))) = work.join_next().await {
                     report.counts.add(&counts);
+                    budget.key_done(held_bytes);
                 }
+            }
+            if let Some(sample) = clients.tick_due() {
+                budget.tick(sample);
             }
             let (shards, codec, view_for_key) =
                 (self.shards.clone(), self.codec.clone(), view.clone());
@@ -314,15 +326,17 @@ impl Repairer {
                     shards: &shards,
                     codec: &codec,
                     abandon,
+                    held_bytes: Default::default(),
                 };
-                apply
+                let counts = apply
                     .repair_key(&view_for_key, &next.key, next.holdings)
-                    .await
+                    .await;
+                (counts, apply.held_bytes.into_inner())
             });
             report.progress = next.point as f64 / u64::MAX as f64;
             dispatched += 1;
             if dispatched.is_multiple_of(256) {
-                self.publish_progress(&report, started);
+                self.publish_progress(&report, started, &budget);
             }
             if stop.is_cancelled() {
                 report.aborted = Some("master shutting down".into());
@@ -341,7 +355,7 @@ impl Repairer {
             }
         }
         while let Some(joined) = work.join_next().await {
-            if let Ok(counts) = joined {
+            if let Ok((counts, _)) = joined {
                 report.counts.add(&counts);
             }
         }
@@ -349,13 +363,86 @@ impl Repairer {
             report.progress = 1.0;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
+        self.status.lock().budget = None;
         report
     }
 
-    fn publish_progress(&self, report: &PassReport, started: Instant) {
+    fn publish_progress(&self, report: &PassReport, started: Instant, budget: &Budget) {
         let mut current = report.clone();
         current.duration_ms = started.elapsed().as_millis() as u64;
-        self.status.lock().current = Some(current);
+        let mut status = self.status.lock();
+        status.current = Some(current);
+        status.budget = Some(budget.clone());
+    }
+}
+
+/// What the clients' requests cost, read every [`budget::TICK`] for the budget:
+/// their mean time on the master (the HTTP metrics of the `/data` routes), plus
+/// how long a task that became ready waited for the master's thread meanwhile
+/// (the lag of a probe task that yields every few milliseconds). The HTTP time
+/// alone misses that wait: a request is timed from when it is read, and while
+/// repair keeps the thread busy it waits before that.
+struct ClientMeter<'a> {
+    metrics: &'a MasterMetrics,
+    last: (u64, f64),
+    last_lag: (u64, u64),
+    last_at: Instant,
+    /// Probes so far and their summed lag in microseconds.
+    lag: Arc<(AtomicU64, AtomicU64)>,
+    /// The probe task; aborted when the meter is dropped.
+    _probe: JoinSet<()>,
+}
+
+/// Time between two lag probes.
+const LAG_PROBE_EVERY: Duration = Duration::from_millis(5);
+
+impl<'a> ClientMeter<'a> {
+    fn new(metrics: &'a MasterMetrics) -> Self {
+        let lag: Arc<(AtomicU64, AtomicU64)> = Arc::default();
+        let mut probe = JoinSet::new();
+        let probe_lag = lag.clone();
+        probe.spawn(async move {
+            loop {
+                tokio::time::sleep(LAG_PROBE_EVERY).await;
+                let yielded = Instant::now();
+                tokio::task::yield_now().await;
+                let waited = yielded.elapsed().as_micros() as u64;
+                probe_lag.0.fetch_add(1, Ordering::Relaxed);
+                probe_lag.1.fetch_add(waited, Ordering::Relaxed);
+            }
+        });
+        ClientMeter {
+            metrics,
+            last: metrics.client_requests(),
+            last_lag: (0, 0),
+            last_at: Instant::now(),
+            lag,
+            _probe: probe,
+        }
+    }
+
+    /// What the clients saw since the last reading, once a tick has passed.
+    fn tick_due(&mut self) -> Option<ClientSample> {
+        if self.last_at.elapsed() < budget::TICK {
+            return None;
+        }
+        let now = self.metrics.client_requests();
+        let lag = (
+            self.lag.0.load(Ordering::Relaxed),
+            self.lag.1.load(Ordering::Relaxed),
+        );
+        let tick_seconds = self.last_at.elapsed().as_secs_f64();
+        let requests = now.0.saturating_sub(self.last.0);
+        let seconds = (now.1 - self.last.1).max(0.0);
+        let probes = lag.0.saturating_sub(self.last_lag.0);
+        let lag_seconds = lag.1.saturating_sub(self.last_lag.1) as f64 / 1e6;
+        (self.last, self.last_lag, self.last_at) = (now, lag, Instant::now());
+        let mean = |sum: f64, count: u64| if count == 0 { 0.0 } else { sum / count as f64 };
+        Some(ClientSample {
+            requests,
+            tick_seconds,
+            mean_seconds: mean(seconds, requests) + mean(lag_seconds, probes),
+        })
     }
 }
 

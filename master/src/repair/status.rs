@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::budget::Budget;
 use crate::metrics::RepairSample;
 
 /// Counts of one pass (or of all passes).
@@ -81,6 +82,16 @@ impl RepairStatus {
                 .last_pass
                 .as_ref()
                 .map(|last| last.duration_ms as f64 / 1000.0),
+            budget_keys: self.budget.as_ref().map_or(0, |b| b.allowed() as u64),
+            budget_limit_keys: self
+                .budget
+                .as_ref()
+                .map_or(0, |b| b.limit.min(b.byte_limit) as u64),
+            client_slowdown: self
+                .budget
+                .as_ref()
+                .and_then(|b| b.client_slowdown)
+                .unwrap_or(0.0),
         }
     }
 
@@ -123,4 +134,7 @@ pub(crate) struct RepairStatus {
     pub(crate) last_pass: Option<PassReport>,
     pub(crate) passes: u64,
     pub(crate) totals: PassCounts,
+    /// The running pass's budget: keys in flight allowed now, the bound, and the
+    /// client latency it follows; `None` when no pass runs.
+    pub(crate) budget: Option<Budget>,
 }
