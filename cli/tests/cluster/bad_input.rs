@@ -14,32 +14,6 @@ fn assert_error(what: &str, (status, body): (StatusCode, Value), expected: Statu
     );
 }
 
-/// Announces a `length`-byte body with `Expect: 100-continue`, as curl does for large
-/// uploads, and returns the status the master answers before any body is sent.
-async fn oversized_body_status(cluster: &TestCluster, length: usize) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(cluster.cluster.masters[0].addr)
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /data HTTP/1.1\r\nHost: shardcache\r\nContent-Type: application/json\r\n\
-         Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = vec![0u8; 4096];
-    let read = stream.read(&mut response).await.unwrap();
-    let status_line = String::from_utf8_lossy(&response[..read])
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_json_errors_and_lose_nothing() {
     let cluster = TestCluster::start_with(|spec| {
@@ -116,7 +90,9 @@ async fn bad_requests_get_clear_json_errors_and_lose_nothing() {
         StatusCode::PAYLOAD_TOO_LARGE,
     );
     assert_eq!(
-        oversized_body_status(&cluster, 4 << 20).await,
+        cluster
+            .announced_body_status("POST", "/data", 4 << 20)
+            .await,
         413,
         "body over the limit"
     );

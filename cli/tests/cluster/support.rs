@@ -334,6 +334,37 @@ impl TestCluster {
         .await
     }
 
+    /// Announces a `length`-byte body for `method path` with `Expect: 100-continue`,
+    /// as curl does for large uploads, and returns the status the master answers
+    /// before any body is sent (a client sending the body at once could meet a
+    /// reset instead of the answer).
+    pub async fn announced_body_status(&self, method: &str, path: &str, length: usize) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.cluster.masters[0].addr)
+            .await
+            .expect("connect to the master");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: shardcache\r\nContent-Type: application/json\r\n\
+             Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .expect("send the head");
+        let mut response = vec![0u8; 4096];
+        let read = stream.read(&mut response).await.expect("read the answer");
+        let status_line = String::from_utf8_lossy(&response[..read])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Any request to the master with a raw path.
     pub async fn request(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
         let response = self
