@@ -314,12 +314,9 @@ async fn put_value(
     let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let ttl = put_ttl(header_str(&headers, TTL_HEADER), query.ttl.as_deref())?;
     let limit = state.limits.max_value_bytes;
-    let declared = header_str(&headers, CONTENT_LENGTH).and_then(|len| len.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(value_too_large(
-            declared.unwrap_or_default() as usize,
-            limit,
-        ));
+    let declared = header_str(&headers, CONTENT_LENGTH).and_then(|len| len.parse::<usize>().ok());
+    if let Some(len) = declared.filter(|&len| len > limit) {
+        return Err(value_too_large(len, limit));
     }
     let value = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::PayloadTooLarge(format!("the value is over the limit of {limit} bytes"))

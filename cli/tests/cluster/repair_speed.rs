@@ -66,6 +66,21 @@ async fn wait_for_a_running_pass(cluster: &TestCluster, epoch: u64) {
     .await;
 }
 
+/// A slow-repair cluster loaded with `keys` keys, fully placed and repaired, whose
+/// aux-0 is then SIGKILLed; returns once the pass rebuilding its shards runs.
+async fn lose_aux_0_mid_repair(keys: usize) -> (TestCluster, Vec<String>) {
+    let mut cluster = cluster_with_a_slow_repair();
+    let keys = load(&cluster, keys).await;
+    cluster
+        .wait_for_aux_items(keys.len() as u64 * SHARDS_PER_KEY)
+        .await;
+    cluster.wait_for_repair().await;
+    let epoch = cluster.placement_epoch().await;
+    cluster.cluster.aux[0].kill();
+    wait_for_a_running_pass(&cluster, epoch).await;
+    (cluster, keys)
+}
+
 /// Checks every key reads back as one of the values `allowed` lists for it.
 async fn assert_every_value_readable(
     cluster: &TestCluster,
@@ -87,16 +102,7 @@ async fn assert_every_value_readable(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_cut_short_by_a_second_sigkill_loses_nothing_and_the_next_pass_finishes_it() {
-    let mut cluster = cluster_with_a_slow_repair();
-    let keys = load(&cluster, 3000).await;
-    cluster
-        .wait_for_aux_items(keys.len() as u64 * SHARDS_PER_KEY)
-        .await;
-    cluster.wait_for_repair().await;
-    let epoch = cluster.placement_epoch().await;
-
-    cluster.cluster.aux[0].kill();
-    wait_for_a_running_pass(&cluster, epoch).await;
+    let (mut cluster, keys) = lose_aux_0_mid_repair(3000).await;
     let interrupted_epoch = cluster.placement_epoch().await;
     // The second failure, while the pass is rebuilding the first one's shards.
     cluster.cluster.aux[1].kill();
@@ -134,18 +140,9 @@ async fn a_repair_cut_short_by_a_second_sigkill_loses_nothing_and_the_next_pass_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_writes_racing_the_repair_of_their_keys_are_never_rolled_back() {
-    let mut cluster = cluster_with_a_slow_repair();
-    let keys = load(&cluster, 4000).await;
-    cluster
-        .wait_for_aux_items(keys.len() as u64 * SHARDS_PER_KEY)
-        .await;
-    cluster.wait_for_repair().await;
-    let epoch = cluster.placement_epoch().await;
-
     // The writers start once the pass rebuilding aux-0's shards runs, so that they
     // race it on keys it has not reached yet as well as on keys it is rebuilding.
-    cluster.cluster.aux[0].kill();
-    wait_for_a_running_pass(&cluster, epoch).await;
+    let (cluster, keys) = lose_aux_0_mid_repair(4000).await;
     // Four writers, each owning a quarter of the keys and rewriting them in turn,
     // so every key's writes are sequential: the last acknowledged one (or a later
     // one whose answer was lost) is what must be read back.

@@ -106,6 +106,29 @@ pub struct BenchCacheArgs {
     pub plot: PathBuf,
 }
 
+#[cfg(test)]
+impl BenchCacheArgs {
+    /// One key, one request of each kind, one thread, the default RAM, and no
+    /// outputs: what unit tests start from (with `..BenchCacheArgs::for_tests()`).
+    pub(crate) fn for_tests() -> Self {
+        BenchCacheArgs {
+            keys: 1,
+            zipf: 1.0,
+            warm_up: 1,
+            requests: 1,
+            threads: 1,
+            aux_capacity: ByteSize(8 << 20),
+            reference_memory_mib: 16,
+            setups: String::new(),
+            workloads: String::new(),
+            output: PathBuf::new(),
+            heading: String::new(),
+            json: PathBuf::new(),
+            plot: PathBuf::new(),
+        }
+    }
+}
+
 const AUX_NODES: usize = 6;
 const REFERENCE_COPIES: usize = 3;
 /// A scan is this many times the values the 3+2 cluster holds.
@@ -428,21 +451,7 @@ mod tests {
         assert_eq!(Setup::parse("redis").unwrap(), Setup::Redis);
         assert!(Setup::parse("5+2").is_err());
         assert!(Setup::parse("three").is_err());
-        let args = BenchCacheArgs {
-            keys: 1,
-            zipf: 1.0,
-            warm_up: 1,
-            requests: 1,
-            threads: 1,
-            aux_capacity: ByteSize(8 << 20),
-            reference_memory_mib: 16,
-            setups: String::new(),
-            workloads: String::new(),
-            output: PathBuf::new(),
-            heading: String::new(),
-            json: PathBuf::new(),
-            plot: PathBuf::new(),
-        };
+        let args = BenchCacheArgs::for_tests();
         assert_eq!(run::scan_keys(&args, WORKLOADS[0]), 58_982);
     }
 }

@@ -146,8 +146,6 @@ impl ZipfTable {
 mod tests {
     use super::*;
     use crate::bench::cache::WORKLOADS;
-    use shardcache_common::units::ByteSize;
-    use std::path::PathBuf;
 
     #[test]
     fn zipf_ranks_follow_the_distribution() {
@@ -174,14 +172,7 @@ mod tests {
             warm_up,
             requests,
             threads: 2,
-            aux_capacity: ByteSize(8 << 20),
-            reference_memory_mib: 16,
-            setups: String::new(),
-            workloads: String::new(),
-            output: PathBuf::new(),
-            heading: String::new(),
-            json: PathBuf::new(),
-            plot: PathBuf::new(),
+            ..BenchCacheArgs::for_tests()
         };
         let zipf = ZipfTable::new(10, 0.99);
         // Ten keys, thousands of requests: at most ten misses.
